@@ -1,0 +1,54 @@
+"""Candidate evaluators: the inner loop of Algorithm 1.
+
+At each greedy step, for every candidate channel k of the unit being selected, Algorithm 1 needs
+the loss l_k of the network whose layer is f_{S + {k}} on the step's mini-batch. An evaluator
+computes those losses; the selector only compares them. Any evaluator that returns the same
+numbers can replace another without the selector noticing, which is how faster evaluators are
+swapped in.
+"""
+
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pruning.masks import Masks
+from pruning.metrics import Batch
+from pruning.units import Unit
+
+
+class CandidateEvaluator(Protocol):
+    def losses(
+        self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
+        """Loss l_k of the network with ``counts + e_k`` for each k in ``candidates`` (1-D)."""
+        ...
+
+
+class PlainEvaluator:
+    """One full forward pass of the whole network per candidate, as the released code does.
+
+    Exact and architecture-free, so it is the reference every faster evaluator is tested against.
+    The unit's mask is restored to ``counts`` before returning.
+    """
+
+    def __init__(self, model: nn.Module, masks: Masks):
+        self.model = model
+        self.masks = masks
+
+    @torch.no_grad()
+    def losses(
+        self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
+        x, y = batch
+        self.model.eval()
+        result = torch.empty(len(candidates), dtype=torch.float64)
+        trial = counts.clone()
+        for i, k in enumerate(candidates.tolist()):
+            trial[k] += 1
+            self.masks.set_counts(unit.name, trial)
+            result[i] = F.cross_entropy(self.model(x).float(), y).item()
+            trial[k] -= 1
+        self.masks.set_counts(unit.name, counts)
+        return result

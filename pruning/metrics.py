@@ -1,0 +1,27 @@
+"""Loss and top-1 of a network on a fixed set of batches.
+
+The paper's stop rule compares "the current loss and the loss of the original pretrained model";
+both must be measured on the same data, so they are measured on one fixed evaluation subset whose
+batches are held (on the device) for the whole run.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@torch.no_grad()
+def loss_and_top1(model: nn.Module, batches: list[Batch]) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (fraction) over ``batches``, in eval mode."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, y in batches:
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+        count += y.numel()
+    model.train(was_training)
+    return loss_sum / count, correct / count

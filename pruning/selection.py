@@ -1,0 +1,126 @@
+"""Layer-wise greedy forward selection (Algorithm 1 of Ye et al., 2020).
+
+For each unit, from input to output: start from S = {} and repeat
+
+    draw a fresh mini-batch D;  for every candidate k: l_k = loss of f_{S + {k}} on D;
+    S <- S + {argmin_k l_k}
+
+until the stop rule holds. Later units stay dense while a unit is selected; earlier units keep
+their selection. By default every channel is a candidate (as in Algorithm 1) and a channel may be
+picked again (S is a multiset, as in the paper's theory, eq. (2)); ``candidates=K`` scores a
+truly random K-subset instead, and ``replacement=False`` selects each channel at most once (the
+released code's choices).
+
+Randomness is keyed to the unit's position (candidate subsets) and to the number of batches drawn
+so far (data), never to wall-clock state, so a run resumed after its last completed unit makes
+exactly the choices an uninterrupted run makes.
+"""
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+
+from pruning.evaluators import CandidateEvaluator
+from pruning.masks import Masks
+from pruning.metrics import Batch
+from pruning.stop import StopRule
+from pruning.units import Unit
+
+StepLog = Callable[[Unit, int, int, float, float | None], None]
+
+
+@dataclass(frozen=True)
+class SelectionSettings:
+    candidates: int | None = None  # K random candidates per step; None scores all
+    replacement: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.candidates is not None and self.candidates < 1:
+            raise ValueError(f"--candidates must be >= 1 (or omitted for all), got {self.candidates}")
+
+
+class BatchStream:
+    """Mini-batches from one persistent loader, moved to ``device`` and counted.
+
+    ``drawn`` is the number of batches consumed since the start of the run (including those of a
+    run being resumed), which is all a deterministic sampler needs to continue where it stopped.
+    """
+
+    def __init__(self, loader: torch.utils.data.DataLoader, device: torch.device, drawn: int = 0):
+        self._iterator = iter(loader)
+        self.device = device
+        self.drawn = drawn
+
+    def __iter__(self) -> Iterator[Batch]:
+        return self
+
+    def __next__(self) -> Batch:
+        x, y = next(self._iterator)
+        self.drawn += 1
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def select_unit(
+    unit: Unit,
+    masks: Masks,
+    evaluator: CandidateEvaluator,
+    batches: Iterator[Batch],
+    stop: StopRule,
+    settings: SelectionSettings,
+    unit_index: int,
+    log_step: StepLog | None = None,
+) -> torch.Tensor:
+    """Greedy selection for one unit; returns the selection counts (length N, sum |S|)."""
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + unit_index)
+    counts = torch.zeros(unit.size, dtype=torch.long)
+    masks.set_counts(unit.name, counts)
+    stop.start(unit)
+    for step in range(unit.size):  # at most N selections: never more than the dense layer has
+        pool = torch.arange(unit.size)
+        if not settings.replacement:
+            pool = torch.nonzero(counts == 0).flatten()
+        if settings.candidates is not None and settings.candidates < len(pool):
+            pool = pool[torch.randperm(len(pool), generator=generator)[: settings.candidates]]
+        losses = evaluator.losses(unit, counts, pool, next(batches))
+        best = int(pool[int(torch.argmin(losses))])
+        counts[best] += 1
+        masks.set_counts(unit.name, counts)
+        finished = stop.done(unit, counts)
+        if log_step is not None:
+            log_step(unit, step, best, float(losses.min()), stop.last_loss)
+        if finished:
+            break
+    return counts
+
+
+def greedy_forward_selection(
+    units: list[Unit],
+    masks: Masks,
+    evaluator: CandidateEvaluator,
+    batches: Iterator[Batch],
+    stop: StopRule,
+    settings: SelectionSettings,
+    completed: dict[str, torch.Tensor] | None = None,
+    after_unit: Callable[[Unit, dict[str, torch.Tensor]], None] | None = None,
+    log_step: StepLog | None = None,
+) -> dict[str, torch.Tensor]:
+    """Algorithm 1 over all units; returns the counts of every unit.
+
+    ``completed`` holds the counts of units finished by an earlier, interrupted run: they are
+    installed as they were and skipped. ``after_unit`` runs after each newly completed unit
+    (checkpointing, an optional short fine-tune) with all counts so far.
+    """
+    counts = dict(completed or {})
+    for name, c in counts.items():
+        masks.set_counts(name, c)
+    for index, unit in enumerate(units):
+        if unit.name in counts:
+            continue
+        counts[unit.name] = select_unit(
+            unit, masks, evaluator, batches, stop, settings, index, log_step
+        )
+        if after_unit is not None:
+            after_unit(unit, counts)
+    return counts

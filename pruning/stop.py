@@ -1,0 +1,69 @@
+"""When to stop adding channels to a unit.
+
+* ``LossGap`` -- the paper's rule (Section 4.1): stop "when the gap between the current loss and
+  the loss of the original pretrained model is smaller than epsilon". Both losses are measured on
+  the same fixed evaluation subset.
+* ``Top1Tolerance`` -- the released code's rule: stop when top-1 on that subset reaches
+  (1 - tol) times the top-1 the network had when this unit's selection started.
+* ``MaxFraction`` -- stop once a fraction of the unit's channels is kept: a fixed-size budget.
+
+Every rule is also capped by the selector at N selections per unit (N = unit width), so a unit
+never ends up with more selections than the dense layer has channels.
+"""
+
+import math
+from collections.abc import Callable
+
+import torch
+
+from pruning.units import Unit
+
+Measure = Callable[[], tuple[float, float]]  # current (loss, top1) on the evaluation subset
+
+
+class StopRule:
+    """Interface: ``start`` is called before a unit's first step, ``done`` after every step."""
+
+    def start(self, unit: Unit) -> None:
+        pass
+
+    def done(self, unit: Unit, counts: torch.Tensor) -> bool:
+        raise NotImplementedError
+
+    last_loss: float | None = None
+
+
+class LossGap(StopRule):
+    def __init__(self, epsilon: float, dense_loss: float, measure: Measure):
+        if not epsilon > 0:
+            raise ValueError(f"--epsilon must be > 0, got {epsilon}")
+        self.epsilon, self.dense_loss, self.measure = epsilon, dense_loss, measure
+
+    def done(self, unit: Unit, counts: torch.Tensor) -> bool:
+        self.last_loss, _ = self.measure()
+        return self.last_loss - self.dense_loss < self.epsilon
+
+
+class Top1Tolerance(StopRule):
+    def __init__(self, tol: float, measure: Measure):
+        if not 0 <= tol < 1:
+            raise ValueError(f"--top1-tol must be in [0, 1), got {tol}")
+        self.tol, self.measure = tol, measure
+        self.reference = 0.0
+
+    def start(self, unit: Unit) -> None:
+        _, self.reference = self.measure()
+
+    def done(self, unit: Unit, counts: torch.Tensor) -> bool:
+        self.last_loss, top1 = self.measure()
+        return top1 >= (1 - self.tol) * self.reference
+
+
+class MaxFraction(StopRule):
+    def __init__(self, fraction: float):
+        if not 0 < fraction <= 1:
+            raise ValueError(f"--keep-fraction must be in (0, 1], got {fraction}")
+        self.fraction = fraction
+
+    def done(self, unit: Unit, counts: torch.Tensor) -> bool:
+        return int((counts > 0).sum()) >= math.ceil(self.fraction * unit.size)
