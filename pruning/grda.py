@@ -6,9 +6,10 @@ The optimizer (the paper's gRDA equation; notes: papers/chao2020_directional_pru
     g(n, lr) = c * lr^{1/2} * (n * lr)^mu,
     S_t(x)   = sign(x) * max(|x| - t, 0)           (soft-thresholding, elementwise).
 
-Each parameter keeps one accumulator ``a_{n+1} = w_0 - lr * sum_{k<=n} g_k`` (the dual average) and
-the weight is recomputed from it every step, ``w_{n+1} = S_{g(n, lr)}(a_{n+1})``. Thresholded
-weights become *exact* zeros while their accumulator keeps moving, so a coordinate can come back.
+Each parameter keeps one accumulator ``a_{n+1} = w_0 - lr * sum_{k<=n} grad_k`` (the dual
+average) and the weight is recomputed from it every step, ``w_{n+1} = S_{g(n, lr)}(a_{n+1})``.
+Thresholded weights become *exact* zeros while their accumulator keeps moving, so a coordinate
+can come back.
 The paper's theorem (gRDA asymptotically performs directional pruning) needs ``c > 0`` and
 ``mu in (0.5, 1)``; ``c = 0`` is plain dual averaging, i.e. exactly SGD.
 
@@ -26,14 +27,14 @@ Conventions of this implementation (read these before comparing with other code)
   ``None`` in a step is skipped and its counter does not advance. ``w_0`` is captured lazily, at
   the first step that sees a gradient for the parameter (load pretrained weights before that).
 * **Learning-rate schedules.** The closed form assumes a constant lr. With a schedule the
-  accumulator is always ``a_{n+1} = w_0 - sum_k lr_k * g_k`` (lr_k = the group's lr at step k).
+  accumulator is always ``a_{n+1} = w_0 - sum_k lr_k * grad_k`` (lr_k = the group's lr at step k).
   For the threshold two rules are available per param group (``threshold_mode``); both equal
   ``g(n, lr)`` when lr is constant:
 
   - ``"cumulative"`` (default; what the authors' current code does): the threshold is the sum of
     per-step increments at the lr of that step,
     ``tau_n = g(0, lr_0) + sum_{j=1}^{n} [g(j, lr_j) - g(j-1, lr_j)]``. This is the dual-averaging
-    analogue of accumulating ``lr_k * g_k``: both the gradient part and the l1 part are sums of
+    analogue of accumulating ``lr_k * grad_k``: both the gradient part and the l1 part are sums of
     per-step contributions. ``tau_n`` never decreases, so pruned weights stay pruned when the lr
     decays.
   - ``"current"``: ``tau_n = g(n, lr_n)``, the closed form evaluated at the current lr. When the lr
@@ -47,8 +48,9 @@ Conventions of this implementation (read these before comparing with other code)
   every parameter, BN and biases included; :func:`grda_param_groups` defaults to thresholding
   only conv and linear weights (``threshold_bn_and_bias=True`` reproduces the authors).
 * There is no momentum and no weight decay (the l1 threshold is the regularizer), as in the
-  authors' code. Defaults ``lr=0.01, c=0.0, mu=0.7`` are the authors'. Their advice: ``mu`` in
-  {0.501, 0.51, 0.55} and ``0 < c <= 0.005``. A warning is issued if ``c > 0`` and ``mu`` is
+  authors' code. Defaults ``lr=0.01, c=0.0, mu=0.7`` are the authors'. Their advice (as recorded
+  in the project tracker): ``mu`` in {0.501, 0.51, 0.55} and ``0 < c <= 0.005``; their README's
+  example uses ``c=0.005, mu=0.51``. A warning is issued if ``c > 0`` and ``mu`` is
   outside ``(0.5, 1)`` (the theorem's range). ``mu = 0`` gives the constant threshold
   ``c * lr^{1/2}`` from the first step on (``0**0 == 1``).
 * gRDA owns the weight values: each step overwrites ``p`` with ``S(a)``, so in-place edits of a
@@ -75,8 +77,8 @@ __all__ = ["gRDA", "grda_param_groups", "grda_threshold", "soft_threshold", "spa
 
 THRESHOLD_MODES = ("cumulative", "current")
 
-# Modules whose ``weight`` is thresholded by default (conv and linear layers; LazyLinear and the
-# quantized/QAT variants subclass these).
+# Modules whose ``weight`` is thresholded by default: conv and linear layers (and subclasses,
+# e.g. LazyLinear, the QAT modules).
 _PRUNABLE_MODULES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
     nn.Conv2d,
@@ -128,7 +130,7 @@ def _check_group(group: dict[str, Any], warn: bool = True) -> None:
 
 
 class gRDA(torch.optim.Optimizer):  # lower-case g: the authors' class name
-    """Generalized regularized dual averaging, ``w_{n+1} = S_{g(n,lr)}(w_0 - lr * sum_k g_k)``.
+    """Generalized regularized dual averaging, ``w_{n+1} = S_{g(n,lr)}(w_0 - lr * sum_k grad_k)``.
 
     Args:
         params: parameters or param groups. A group may override ``lr``, ``c``, ``mu``,
@@ -140,7 +142,7 @@ class gRDA(torch.optim.Optimizer):  # lower-case g: the authors' class name
         threshold_mode: ``"cumulative"`` (default) or ``"current"``; how the threshold follows a
             learning-rate schedule (identical for a constant lr), see the module docstring.
 
-    State per parameter: ``accumulator`` (``w_0 - sum_k lr_k g_k``, same dtype/device as the
+    State per parameter: ``accumulator`` (``w_0 - sum_k lr_k grad_k``, same dtype/device as the
     parameter), ``step`` (int, gradients accumulated so far; the latest update used the paper's
     ``n = step - 1``) and ``g`` (float, the threshold of the latest update; computed also for
     ``threshold=False`` groups, where it is not applied).
