@@ -81,7 +81,8 @@ def _stage_streams(model: nn.Module, first: int, last: int) -> dict[int, Channel
 def units(model: nn.Module, kind: str = "hidden") -> list[Unit]:
     """Prunable units in input-to-output order (a block's hidden unit before its output unit)."""
     if kind not in UNIT_KINDS:
-        raise ValueError(f"--units: MobileNetV2 unit kind must be one of {UNIT_KINDS}, got {kind!r}")
+        raise ValueError(f"--units: MobileNetV2 unit kind must be one of {UNIT_KINDS}, "
+                         f"got {kind!r}")
     first_hidden = 2 if kind == "released" else 1
     streams = _stage_streams(model, 2, 16) if kind != "hidden" else {}
     result = []

@@ -76,7 +76,8 @@ def rebuild(
 ) -> nn.Module:
     """The slim model of a pruned checkpoint, rebuilt from its cfg, with its weights loaded."""
     if ckpt.get("format") != FORMAT:
-        raise ValueError(f"not a pruned checkpoint of this repository (format {ckpt.get('format')})")
+        raise ValueError(
+            f"not a pruned checkpoint of this repository (format {ckpt.get('format')})")
     model = build(ckpt["arch"], ckpt["width"], ckpt["num_classes"])
     slice_to_cfg(model, units_of(ckpt["arch"], model, ckpt["unit_kind"]), ckpt["cfg"]["spaces"])
     model.load_state_dict(ckpt["state_dict"])

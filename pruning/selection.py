@@ -38,7 +38,8 @@ class SelectionSettings:
 
     def __post_init__(self):
         if self.candidates is not None and self.candidates < 1:
-            raise ValueError(f"--candidates must be >= 1 (or omitted for all), got {self.candidates}")
+            raise ValueError(
+                f"--candidates must be >= 1 (or omitted for all), got {self.candidates}")
 
 
 class BatchStream:

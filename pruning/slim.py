@@ -93,7 +93,8 @@ def _slice_in_place(model: nn.Module, units: list[Unit], kept: dict[str, list[in
             raise ValueError(f"cfg has no kept channels for channel space {space.name!r}")
         idx = torch.tensor(kept[space.name], dtype=torch.long)
         if len(idx) == 0 or idx.min() < 0 or idx.max() >= space.size:
-            raise ValueError(f"cfg channels for {space.name!r} do not fit its {space.size} channels")
+            raise ValueError(
+                f"cfg channels for {space.name!r} do not fit its {space.size} channels")
         for name in space.producers:
             out_index[name] = idx
         for name in space.consumers:

@@ -1,3 +1,3 @@
-"""Shared test setup: torchvision must be importable on the CPU-only torch (see torchvision_compat)."""
+"""Shared test setup: torchvision must import on the CPU-only torch (see torchvision_compat)."""
 
 import torchvision_compat  # noqa: F401

@@ -85,7 +85,8 @@ def test_each_greedy_step_picks_the_brute_force_argmin(replacement):
         for k in [int(k) for k in pool]:
             trial = replay[name].clone()
             trial[k] += 1
-            losses[k] = brute_force_loss(clean, units, {**state, name: mixing_weights(trial)}, batch)
+            weights = {**state, name: mixing_weights(trial)}
+            losses[k] = brute_force_loss(clean, units, weights, batch)
         assert best == min(losses, key=losses.get)
         replay[name][best] += 1
         state[name] = mixing_weights(replay[name])
@@ -169,6 +170,6 @@ def test_loss_gap_stops_a_unit_early_and_keeps_fewer_channels():
     gaps = []
     counts = select_unit(units[0], masks, PlainEvaluator(net, masks), Recorder(2), stop,
                          SelectionSettings(), 0,
-                         log_step=lambda u, s, b, l, e: gaps.append(e - dense_loss))
+                         log_step=lambda u, s, b, loss, e: gaps.append(e - dense_loss))
     assert len(gaps) == int(counts.sum())
     assert gaps[-1] < 0.05 and all(g >= 0.05 for g in gaps[:-1])

@@ -64,7 +64,7 @@ def test_slim_model_matches_masked_model(arch, width, kind, tmp_path):
     assert slim_params < sum(p.numel() for p in model.parameters())
     # only ordinary modules, no hooks: what ptflops counts is what would be deployed
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in slim.modules())
-    for space, idx in kept.items():
+    for idx in kept.values():
         assert idx == sorted(set(idx))
 
     # round trip through a checkpoint: rebuilt from the cfg, never a pickled module

@@ -1,0 +1,318 @@
+"""The command line shared by ``mobile2_prune.py`` and ``resnet34_prune.py``.
+
+It parses and checks the arguments (before any long work), builds the data, the pretrained model
+and its units, runs layer-wise greedy forward selection (``pruning.selection``), checkpoints
+after every unit, removes the dead channels physically, and writes
+
+    <output-dir>/pruned.pth        slim state_dict + cfg (rebuilt by ``models.load_pruned``)
+    <output-dir>/summary.json      MACs, params, kept channels, losses, timing
+    <output-dir>/selection_state.pth   progress, for --resume
+    <output-dir>/tb/               TensorBoard scalars
+
+Selection runs the network in eval mode (BatchNorm uses its running statistics, as in the
+released code) on mini-batches with the evaluation transform, drawn from one persistent loader.
+The stop rule's losses are measured on a fixed, class-balanced subset of the training set.
+"""
+
+import argparse
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+import data
+import models
+from models.weights import load_pretrained
+from pruning.checkpoint import load, pruned_checkpoint, save_atomic, selection_cfg
+from pruning.evaluators import PlainEvaluator
+from pruning.flops import macs_and_params
+from pruning.masks import Masks
+from pruning.metrics import loss_and_top1
+from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection
+from pruning.slim import slim_model
+from pruning.stop import LossGap, MaxFraction, Top1Tolerance
+
+STATE_FILE = "selection_state.pth"
+# Arguments that change what is selected: a resumed run must use the same values.
+SELECTION_ARGS = (
+    "arch", "width", "units", "dataset", "data_path", "image_size", "synthetic_images",
+    "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size", "eval_images",
+    "candidates", "without_replacement", "seed", "finetune_between", "finetune_lr",
+)
+
+
+def build_parser(arch: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=f"Prune {arch} by layer-wise greedy forward selection (Ye et al., 2020).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--dataset", choices=data.DATASETS, default="imagenet")
+    p.add_argument("--data-path", help="dataset root (train/ and val/ folders, or CIFAR batches)")
+    p.add_argument("--image-size", type=int,
+                   help="input resolution (default: 224 ImageNet, 32 otherwise)")
+    p.add_argument("--synthetic-images", type=int, default=2000,
+                   help="training images of the synthetic dataset")
+    p.add_argument("--pretrained", default="",
+                   help="weights to prune: a torchvision enum name (IMAGENET1K_V1) or a file")
+    if arch == "mobilenet_v2":
+        p.add_argument("--width", type=float, default=1.0, choices=(1.0, 0.75, 0.5))
+    p.add_argument("--units", choices=models.UNIT_KINDS[arch], default=models.DEFAULT_UNITS[arch],
+                   help="which channel groups to prune")
+    p.add_argument("--stop", choices=("loss_gap", "top1_tol", "fraction"), default="loss_gap",
+                   help="loss_gap: the paper's epsilon rule; top1_tol: the released code's; "
+                        "fraction: keep --keep-fraction of every unit")
+    p.add_argument("--epsilon", type=float, default=0.05,
+                   help="loss_gap: stop a unit once loss - dense loss < epsilon")
+    p.add_argument("--top1-tol", type=float, default=0.02,
+                   help="top1_tol: stop once top-1 >= (1 - tol) x top-1 at the unit's start")
+    p.add_argument("--keep-fraction", type=float, default=1.0,
+                   help="fraction: channels kept per unit (with other rules: unused)")
+    p.add_argument("--batch-size", type=int, default=128, help="mini-batch per greedy step")
+    p.add_argument("--eval-images", type=int, default=1024,
+                   help="size of the fixed class-balanced subset the stop rule measures")
+    p.add_argument("--eval-batch-size", type=int, default=256)
+    p.add_argument("--candidates", type=int, default=None,
+                   help="score a random K-subset of candidates per step (default: all)")
+    p.add_argument("--without-replacement", action="store_true",
+                   help="select each channel at most once (the released code); default allows "
+                        "repeats, as in the paper's theory")
+    p.add_argument("--finetune-between", type=float, default=0.0,
+                   help="epochs of SGD after each unit (the released code used 0.1); 0 = off")
+    p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--output-dir", default=f"runs/{arch}_prune")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output-dir from its last completed unit")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    return p
+
+
+def parse_device(text: str) -> torch.device:
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise ValueError(f"--device: unknown device {text!r} ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {text}: CUDA is not available on this machine")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {text}: expected cpu or cuda[:index]")
+    return device
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no data or model, so bad input fails in a second."""
+    if not args.epsilon > 0:
+        raise ValueError(f"--epsilon must be > 0, got {args.epsilon}")
+    for name in ("batch_size", "eval_images", "eval_batch_size", "synthetic_images"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    if args.finetune_between < 0:
+        raise ValueError(f"--finetune-between must be >= 0, got {args.finetune_between}")
+    if args.image_size is not None and args.image_size < 8:
+        raise ValueError(f"--image-size must be >= 8, got {args.image_size}")
+    MaxFraction(args.keep_fraction)
+    Top1Tolerance(args.top1_tol, measure=None)
+    SelectionSettings(candidates=args.candidates)
+    args.device = parse_device(args.device)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def selection_args(args: argparse.Namespace) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+            if k in SELECTION_ARGS}
+
+
+def load_state(args: argparse.Namespace, out: Path) -> dict | None:
+    """The saved progress of an interrupted run, after checking it is the same run."""
+    path = out / STATE_FILE
+    if not path.exists():
+        if args.resume:
+            print(f"--resume: no {STATE_FILE} in {out}, starting from the first unit")
+        return None
+    if not args.resume:
+        raise ValueError(f"--output-dir {out} holds a run in progress ({STATE_FILE}); "
+                         "pass --resume to continue it or choose another --output-dir")
+    state = load(path)
+    saved, now = state["args"], selection_args(args)
+    changed = [f"--{k.replace('_', '-')} (saved {saved.get(k)!r}, now {now[k]!r})"
+               for k in now if saved.get(k) != now[k]]
+    if changed:
+        raise ValueError("--resume: these arguments differ from the interrupted run: "
+                         + ", ".join(changed))
+    return state
+
+
+def short_finetune(model, batches, steps: int, lr: float) -> None:
+    """A few SGD steps on the masked network between units (the released code's 0.1 epoch)."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                weight_decay=5e-5)
+    model.train()
+    for _ in range(steps):
+        x, y = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    model.eval()
+
+
+def run(arch: str, argv: list[str] | None = None) -> dict:
+    args = build_parser(arch).parse_args(argv)
+    args.arch = arch
+    args.width = getattr(args, "width", 1.0)
+    check_args(args)
+    out = Path(args.output_dir)
+    state = load_state(args, out)
+    start = time.time()
+    seed_everything(args.seed)
+
+    image_size = args.image_size or data.default_image_size(args.dataset)
+    train_set, num_classes = data.build_dataset(
+        args.dataset, args.data_path, "train", image_size=image_size, augment=False,
+        num_images=args.synthetic_images, seed=args.seed,
+    )
+    eval_indices = data.class_balanced_subset(
+        data.targets_of(train_set), min(args.eval_images, len(train_set)), seed=args.seed)
+    device = args.device
+    eval_loader = DataLoader(Subset(train_set, eval_indices), batch_size=args.eval_batch_size,
+                             num_workers=args.workers)
+    eval_batches = [(x.to(device), y.to(device)) for x, y in eval_loader]
+
+    model = models.build(arch, args.width, num_classes)
+    if args.pretrained:
+        print(load_pretrained(model, arch, args.pretrained))
+    else:
+        print("no --pretrained given: pruning a randomly initialized network")
+    model.to(device).eval()
+    units = models.prunable_units(arch, model, args.units)
+    masks = Masks(model, units)
+    dense_loss, dense_top1 = loss_and_top1(model, eval_batches)
+    print(f"dense: loss {dense_loss:.4f}, top-1 {100 * dense_top1:.2f}% on {len(eval_indices)} "
+          f"training images; {len(units)} units, {sum(u.size for u in units)} channels")
+
+    completed, drawn, previous_seconds = {}, 0, 0.0
+    if state is not None:
+        completed, drawn = state["completed"], state["batches_drawn"]
+        previous_seconds = state["seconds"]
+        model.load_state_dict(state["model"])
+        print(f"resuming after {len(completed)} of {len(units)} units")
+    sampler = data.InfiniteBatchSampler(len(train_set), args.batch_size, seed=args.seed,
+                                        start_batch=drawn)
+    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
+                        persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")
+    batches = BatchStream(loader, device, drawn)
+
+    def measure():
+        return loss_and_top1(model, eval_batches)
+
+    if args.stop == "loss_gap":
+        stop = LossGap(args.epsilon, dense_loss, measure)
+    elif args.stop == "top1_tol":
+        stop = Top1Tolerance(args.top1_tol, measure)
+    else:
+        stop = MaxFraction(args.keep_fraction)
+    settings = SelectionSettings(args.candidates, not args.without_replacement, args.seed)
+    evaluator = PlainEvaluator(model, masks)
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(out / "tb"))
+    bars: dict[str, tqdm] = {}
+    global_step = [sum(int(c.sum()) for c in completed.values())]
+
+    def log_step(unit, step, best, batch_loss, eval_loss):
+        global_step[0] += 1
+        writer.add_scalar("select/batch_loss", batch_loss, global_step[0])
+        if eval_loss is not None:
+            writer.add_scalar("select/eval_loss_gap", eval_loss - dense_loss, global_step[0])
+        if not args.no_progress:
+            bar = bars.get(unit.name)
+            if bar is None:
+                bar = bars[unit.name] = tqdm(total=unit.size, desc=unit.name, leave=False)
+            bar.update(1)
+            if eval_loss is not None:
+                bar.set_postfix(gap=f"{eval_loss - dense_loss:.4f}")
+
+    steps_between = math.ceil(args.finetune_between * len(train_set) / args.batch_size)
+
+    def after_unit(unit, counts):
+        if unit.name in bars:
+            bars.pop(unit.name).close()
+        kept = int((counts[unit.name] > 0).sum())
+        writer.add_scalar("select/kept_fraction", kept / unit.size, len(counts))
+        loss, top1 = measure()
+        print(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
+              f"(dense {dense_loss:.4f}), top-1 {100 * top1:.2f}%")
+        if steps_between:
+            short_finetune(model, batches, steps_between, args.finetune_lr)
+        save_atomic({"args": selection_args(args), "completed": counts,
+                     "batches_drawn": batches.drawn, "model": model.state_dict(),
+                     "seconds": time.time() - start + previous_seconds},
+                    out / STATE_FILE)
+
+    counts = greedy_forward_selection(units, masks, evaluator, batches, stop, settings,
+                                      completed, after_unit, log_step)
+    writer.close()
+
+    pruned_loss, pruned_top1 = loss_and_top1(model, eval_batches)
+    with torch.no_grad():
+        masked_logits = model(eval_batches[0][0])
+    weights = {name: w.detach().clone() for name, w in masks.weights.items()}
+    masks.remove()
+    slim, kept = slim_model(model, units, weights)
+    with torch.no_grad():
+        max_diff = (slim(eval_batches[0][0]) - masked_logits).abs().max().item()
+    slim_loss, slim_top1 = loss_and_top1(slim, eval_batches)
+    dense_macs, dense_params = macs_and_params(models.build(arch, args.width, num_classes),
+                                               image_size)
+    macs, params = macs_and_params(slim, image_size)
+    summary = {
+        "arch": arch, "width": args.width, "units": args.units, "dataset": args.dataset,
+        "num_classes": num_classes, "image_size": image_size,
+        "macs": macs, "params": params, "dense_macs": dense_macs, "dense_params": dense_params,
+        "kept": {u.name: f"{int((counts[u.name] > 0).sum())}/{u.size}" for u in units},
+        "kept_channels": sum(len(v) for v in kept.values()),
+        "total_channels": sum(u.size for u in units),
+        "selections": sum(int(c.sum()) for c in counts.values()),
+        "loss_dense": dense_loss, "top1_dense": 100 * dense_top1,
+        "loss_pruned": slim_loss, "top1_pruned": 100 * slim_top1,
+        "loss_pruned_masked": pruned_loss, "top1_pruned_masked": 100 * pruned_top1,
+        "max_abs_diff_slim_vs_masked": max_diff,
+        "eval_images": len(eval_indices), "batches_drawn": batches.drawn,
+        "seconds": time.time() - start + previous_seconds,
+        "device": str(device), "args": {k: str(v) for k, v in vars(args).items()},
+    }
+    cfg = selection_cfg(units, counts, kept)
+    save_atomic(pruned_checkpoint(arch, args.width, num_classes, args.units, cfg,
+                                  slim.state_dict(), summary["args"], summary),
+                out / "pruned.pth")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    (out / STATE_FILE).unlink(missing_ok=True)
+    print(f"MACs {macs / 1e6:.1f}M of {dense_macs / 1e6:.1f}M, params {params / 1e6:.2f}M of "
+          f"{dense_params / 1e6:.2f}M; loss {slim_loss:.4f} (dense {dense_loss:.4f}), "
+          f"top-1 {100 * slim_top1:.2f}% (dense {100 * dense_top1:.2f}%); "
+          f"slim vs masked max |diff| {max_diff:.2e}; wrote {out / 'pruned.pth'}")
+    return summary
+
+
+def main(arch: str) -> None:
+    try:
+        run(arch)
+    except (ValueError, FileNotFoundError) as error:
+        sys.exit(f"error: {error}")
