@@ -35,3 +35,13 @@ def prunable_units(arch: str, model: nn.Module, kind: str | None = None) -> list
     kind = kind or DEFAULT_UNITS[arch]
     module = mobilenetv2 if arch == "mobilenet_v2" else resnet
     return module.units(model, kind)
+
+
+def load_pruned(path: str) -> tuple[nn.Module, dict]:
+    """The slim model saved by a prune script, rebuilt from its cfg, and the checkpoint dict."""
+    from pruning.checkpoint import load, rebuild
+
+    ckpt = load(path)
+    if ckpt.get("arch") not in ARCHS:
+        raise ValueError(f"--pruned {path}: not a pruned checkpoint of {ARCHS}")
+    return rebuild(ckpt, build, prunable_units), ckpt
