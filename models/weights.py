@@ -101,7 +101,8 @@ def load_pretrained(
     """Copy pretrained weights into ``model`` (in place) and describe what was loaded.
 
     Args:
-        model: a torchvision-layout ``mobilenet_v2`` (any width) or ``resnet34``.
+        model: a torchvision-layout ``mobilenet_v2`` (any width) or ``resnet34``, unwrapped
+            (not inside DataParallel/DDP or ``torch.compile``), before any pruning.
         arch: ``'mobilenet_v2'`` or ``'resnet34'``; selects the torchvision weights enum and the
             classifier keys, and names the architecture in error messages.
         spec: either a torchvision weights name (``'IMAGENET1K_V1'``, ``'IMAGENET1K_V2'``,
@@ -331,7 +332,7 @@ def _load_checked(
         skipped = [(k, file, mine) for k, mine, file in wrong_shape if k in head]
         wrong_shape = [item for item in wrong_shape if item[0] not in head]
     if missing or unexpected or wrong_shape:
-        raise ValueError(_mismatch_message(model, arch, missing, unexpected, wrong_shape))
+        raise ValueError(_mismatch_message(model, arch, state, missing, unexpected, wrong_shape))
     for key, _, _ in skipped:
         state[key] = expected[key]
     model.load_state_dict(state, strict=True)
@@ -341,10 +342,12 @@ def _load_checked(
 def _mismatch_message(
     model: nn.Module,
     arch: str,
+    state: Mapping[str, torch.Tensor],
     missing: list[str],
     unexpected: list[str],
     wrong_shape: list[tuple[str, torch.Size, torch.Size]],
 ) -> str:
+    file_width = _infer_mobilenet_width(state) if arch == "mobilenet_v2" else None
     lines = [
         f"pretrained weights do not fit the {arch} model ({_describe_model(model, arch)}): "
         f"{len(missing)} missing, {len(unexpected)} unexpected, "
@@ -363,6 +366,8 @@ def _mismatch_message(
         "shape mismatches (model vs file)",
         [f"{k} {list(mine)} vs {list(file)}" for k, mine, file in wrong_shape],
     )
+    if file_width is not None and file_width != _infer_mobilenet_width(model.state_dict()):
+        lines.append(f"  the file holds a MobileNetV2 of width {file_width}")
     if len(unexpected) > len(missing) // 2 > 0:
         lines.append("  most names differ: the file is probably for another architecture")
     head = set(HEAD_KEYS[arch])

@@ -17,6 +17,16 @@ from models import weights as W
 INPUT = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These tiny forwards are fastest on one thread; with two busy cores, multi-threaded
+    OpenMP waits turned 20 ms forwards into seconds. Restored after this module."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def _randomize(model: nn.Module, seed: int) -> nn.Module:
     """Random parameters *and* BN statistics, so that eval outputs depend on every tensor."""
     generator = torch.Generator().manual_seed(seed)
@@ -168,6 +178,28 @@ def test_dli14_checkpoint_wrapped_by_dataparallel(tmp_path: Path) -> None:
     torch.testing.assert_close(_outputs(target), _outputs(reference), atol=1e-5, rtol=1e-5)
 
 
+def test_legacy_serialization_format(tmp_path: Path) -> None:
+    """d-li14's checkpoints date from PyTorch 1.0, before the zip format; weights_only reads
+    the old format too."""
+    reference = _randomize(DLi14MobileNetV2(width_mult=0.5), seed=8)
+    path = tmp_path / "legacy.pth"
+    torch.save(reference.state_dict(), path, _use_new_zipfile_serialization=False)
+    target = _mobilenet(0.5)
+    W.load_pretrained(target, "mobilenet_v2", path)
+    torch.testing.assert_close(_outputs(target), _outputs(reference), atol=1e-5, rtol=1e-5)
+
+
+class _NotATensor:
+    pass
+
+
+def test_file_with_arbitrary_objects_is_refused(tmp_path: Path) -> None:
+    payload = {"state_dict": _mobilenet(0.5).state_dict(), "extra": _NotATensor()}
+    torch.save(payload, tmp_path / "pickled.pth")
+    with pytest.raises(ValueError, match="weights_only=True"):
+        W.load_pretrained(_mobilenet(0.5), "mobilenet_v2", tmp_path / "pickled.pth")
+
+
 def test_missing_num_batches_tracked_is_tolerated(tmp_path: Path) -> None:
     source = _randomize(_mobilenet(0.5), seed=5)
     state = {k: v for k, v in source.state_dict().items() if "num_batches_tracked" not in k}
@@ -207,6 +239,7 @@ def test_wrong_width_is_refused(tmp_path: Path, dli14: bool) -> None:
     message = str(info.value)
     assert "width 1.0" in message and "shape mismatches" in message
     assert "features.0.0.weight [32, 3, 3, 3] vs [16, 3, 3, 3]" in message
+    assert "the file holds a MobileNetV2 of width 0.5" in message
 
 
 def test_head_mismatch_refused_unless_allowed(tmp_path: Path) -> None:
