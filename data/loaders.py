@@ -1,0 +1,97 @@
+"""DataLoader construction with the seeding and worker settings the scripts need.
+
+Why: every script needs the same few decisions, made once here: workers stay alive between
+epochs / selection steps (``persistent_workers``), DDP ranks read disjoint shards, shuffling
+and augmentation randomness follow a seed, and the greedy-selection stream can be resumed.
+"""
+
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from .errors import DataError
+from .samplers import InfiniteBatchSampler
+from .seeding import mix_seed
+
+_WORKER_STREAM = 0x3043
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    workers: int = 0,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """An epoch-based loader; call ``loader.sampler.set_epoch(epoch)`` before each epoch.
+
+    The sampler is always a ``DistributedSampler`` (given ``rank`` and ``world_size``
+    explicitly, so no process group is needed for ``world_size=1``): one code path for single
+    process and DDP, reshuffled per epoch from ``(seed, epoch)``. ``batch_size`` is per rank.
+    Note that with ``world_size > 1`` and ``drop_last=False`` the sampler pads the last shard
+    with repeated samples, so an evaluation over all ranks counts a few images twice; exact
+    evaluation should run on one rank or account for ``len(dataset)``.
+    """
+    _check_loader_args(batch_size, workers)
+    sampler = DistributedSampler(
+        dataset, num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed,
+        drop_last=drop_last,
+    )
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        drop_last=drop_last,
+        generator=_worker_generator(seed, rank),
+    )
+
+
+def make_infinite_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    seed: int,
+    start_batch: int = 0,
+    workers: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A loader over an :class:`InfiniteBatchSampler`: create once, then ``next()`` one iterator.
+
+    ``it = iter(make_infinite_loader(...)); images, labels = next(it)`` per selection step.
+    ``batch_size`` is per rank; ``start_batch`` resumes the stream (see the sampler).
+    """
+    _check_loader_args(batch_size, workers)
+    sampler = InfiniteBatchSampler(
+        len(dataset), batch_size, seed, start_batch=start_batch, rank=rank, world_size=world_size
+    )
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        generator=_worker_generator(seed, rank),
+    )
+
+
+def _check_loader_args(batch_size: int, workers: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise DataError(f"--batch-size {batch_size!r}: must be a positive integer")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise DataError(f"--workers {workers!r}: must be a non-negative integer")
+
+
+def _worker_generator(seed: int, rank: int) -> torch.Generator:
+    """Seeds the workers' RNGs (hence augmentation) per (seed, rank), so ranks augment
+    differently and a rerun augments identically. With ``workers=0`` augmentation uses the main
+    process's global RNG instead (seed it with ``torch.manual_seed``)."""
+    return torch.Generator().manual_seed(mix_seed(seed, _WORKER_STREAM, rank))
