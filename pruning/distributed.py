@@ -1,0 +1,131 @@
+"""torch.distributed helpers shared by the training scripts (and, later, the prune scripts).
+
+The paper fine-tunes with a global batch of 512 on 4 GPUs (Section 4.1). The scripts are
+launched either plainly (one process) or by ``torchrun --nproc_per_node=N``, which sets the
+``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` environment variables; everything here reads those,
+so one code path serves both. NCCL is used for CUDA tensors and gloo for CPU tensors (the CPU
+tests launch two gloo processes). Without a process group every helper is a cheap no-op, so
+callers never branch on "distributed or not".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = [
+    "World",
+    "all_gather_objects",
+    "all_reduce_sum",
+    "barrier",
+    "broadcast_buffers",
+    "cleanup",
+    "init",
+    "is_main",
+    "world_from_env",
+]
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the job: global rank, number of processes, rank on its node."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs and writes files; the other ranks only compute."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+
+def world_from_env() -> World:
+    """The rank layout torchrun announced, read without creating a process group.
+
+    Reading it first lets a script check e.g. batch-size divisibility before any setup.
+    """
+
+    def read(name: str, default: int) -> int:
+        text = os.environ.get(name, str(default))
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError(f"environment variable {name}={text!r} is not an integer") from None
+
+    world = World(read("RANK", 0), read("WORLD_SIZE", 1), read("LOCAL_RANK", 0))
+    if world.size < 1 or not 0 <= world.rank < world.size:
+        raise ValueError(f"RANK={world.rank}, WORLD_SIZE={world.size}: inconsistent")
+    return world
+
+
+def init(device_type: str) -> World:
+    """Join the process group torchrun set up (NCCL for ``cuda``, gloo otherwise).
+
+    A single process (``WORLD_SIZE`` unset or 1) gets no process group. On CUDA each process
+    binds to GPU ``LOCAL_RANK``, so collectives and the model share that device.
+    """
+    world = world_from_env()
+    if world.distributed and not dist.is_initialized():
+        if device_type == "cuda":
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
+    return world
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise sums over all ranks (e.g. correct counts and image counts).
+
+    Summing counts rather than averaging per-rank accuracies keeps the result exact when ranks
+    hold different numbers of images. ``device`` must suit the backend (CUDA for NCCL).
+    """
+    if not dist.is_initialized():
+        return [float(v) for v in values]
+    tensor = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(tensor)
+    return tensor.tolist()
+
+
+def all_gather_objects(obj: object) -> list[object]:
+    """``obj`` of every rank, in rank order (a one-element list without a process group)."""
+    if not dist.is_initialized():
+        return [obj]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_buffers(model: nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s buffers (BatchNorm running statistics) to every rank.
+
+    DDP synchronises gradients, not buffers, and re-broadcasts buffers only at the start of
+    the next forward; after an epoch's last step each rank's running statistics still reflect
+    its own last batch. Broadcasting before evaluation and saving makes all ranks hold the model
+    that rank 0 evaluates and saves.
+    """
+    if not dist.is_initialized():
+        return
+    for buffer in model.buffers():
+        dist.broadcast(buffer, src)
