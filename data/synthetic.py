@@ -34,9 +34,15 @@ class SyntheticPatterns(Dataset):
     """Images of class-specific textures with per-image nuisance; see the module docstring.
 
     Items are ``(image, label)`` with ``image`` a float32 tensor of shape
-    ``(3, image_size, image_size)``, roughly zero mean and unit variance (already "normalised",
-    no transform needed) and ``label`` an int. ``targets`` lists all labels, as in
+    ``(3, image_size, image_size)``, zero mean and unit variance on average (already
+    "normalised", no transform needed) and ``label`` an int. ``targets`` lists all labels, as in
     torchvision's datasets.
+
+    ``noise`` is the standard deviation of the white and of the smooth noise, each relative to
+    the unit-variance class pattern: it sets the difficulty. With the default 1.5 and 10
+    classes, a two-conv net (16 and 32 channels) reaches about 0.8 val accuracy in 300 steps of
+    batch 32 and 0.96 after 3000 steps of batch 64 on 5000 images: learnable, yet not
+    saturated (see tests/test_data_synthetic.py); 0 gives clean, easy images.
     """
 
     def __init__(
@@ -71,6 +77,8 @@ class SyntheticPatterns(Dataset):
         self.targets = [index % num_classes for index in range(num_images)]
         self.patterns = _class_patterns(num_classes, image_size, seed)
         self._noise_basis = _cosine_basis(image_size, 4)
+        # Expected pixel variance: contrast^2 (E = 1.03) + distractor^2 (E = 0.086) + 2 noise^2.
+        self._scale = 1.0 / math.sqrt(1.03 + 0.086 + 2 * self.noise**2)
 
     def __len__(self) -> int:
         return self.num_images
@@ -106,7 +114,7 @@ class SyntheticPatterns(Dataset):
             white = torch.randn(3, size, size, generator=gen)
             smooth = _smooth_field(gen, self._noise_basis)
             image = image + self.noise * (white + smooth)
-        return image
+        return image * self._scale
 
     def extra_repr(self) -> str:
         return (

@@ -83,7 +83,8 @@ def test_tiny_net_learns_it_and_pruning_hurts():
 
     Measured: val accuracy 0.81 at seed 0 (0.77-0.92 over data/model seeds 0-3; without the
     BatchNorms 0.65-0.82, hence them); chance is 0.1, so 0.6 leaves a wide margin. Keeping one
-    channel in four drops seed 0 to about 0.4.
+    channel in four drops seed 0 to about 0.4. (Trained for 3000 steps of batch 64 on 5000
+    images, the same net reaches 0.96: the task does not saturate.)
     """
     start = time.perf_counter()
     torch.manual_seed(0)
