@@ -93,9 +93,9 @@ GRDA_DEFAULTS = {"grda_c": 0.005, "grda_mu": 0.51}
 #: Arguments that define the training run: a resumed run must use the same values.
 RUN_ARGS = (
     "arch", "width", "pruned", "pretrained", "from_scratch", "scratch_max_factor", "dataset",
-    "data_path", "image_size", "synthetic_images", "train_subset", "epochs", "batch_size", "lr",
-    "lr_schedule", "optimizer", "momentum", "weight_decay", "nesterov", "grda_c", "grda_mu",
-    "label_smoothing", "amp", "seed",
+    "data_path", "image_size", "synthetic_images", "synthetic_seed", "train_subset", "epochs",
+    "batch_size", "lr", "lr_schedule", "optimizer", "momentum", "weight_decay", "nesterov",
+    "grda_c", "grda_mu", "label_smoothing", "amp", "seed",
 )
 
 _RANK_STREAM = 0x7A11
@@ -141,6 +141,9 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                    help="training images of the synthetic dataset")
     d.add_argument("--synthetic-val-images", type=int, default=1000,
                    help="validation images of the synthetic dataset")
+    d.add_argument("--synthetic-seed", type=int, default=0,
+                   help="the synthetic dataset's class patterns and images (independent of "
+                        "--seed, so every stage of a pipeline sees the same dataset)")
     d.add_argument("--train-subset", type=int, default=None,
                    help="train on a class-balanced random subset of K images (fixed by --seed)")
     d.add_argument("--workers", type=int, default=8, help="DataLoader workers per process")
@@ -383,7 +386,7 @@ def build_split(args: argparse.Namespace, split: str, image_size: int) -> tuple[
     synthetic = {}
     if args.dataset == "synthetic":
         images = args.synthetic_images if split == "train" else args.synthetic_val_images
-        synthetic = {"num_images": images, "seed": args.seed}
+        synthetic = {"num_images": images, "seed": args.synthetic_seed}
     return data.build_dataset(args.dataset, args.data_path, split, image_size=image_size,
                               augment=split == "train", **synthetic)
 
@@ -404,9 +407,6 @@ def train_loader(
     per_rank = args.batch_size // world.size
     sampler = DistributedSampler(dataset, num_replicas=world.size, rank=world.rank,
                                  shuffle=True, seed=args.seed, drop_last=True)
-    if len(sampler) < per_rank:
-        raise UsageError(f"--batch-size {args.batch_size}: larger than the training set "
-                         f"({len(dataset)} images)")
     return DataLoader(dataset, batch_size=per_rank, sampler=sampler, drop_last=True,
                       num_workers=args.workers, pin_memory=args.device.type == "cuda",
                       generator=torch.Generator())
@@ -599,7 +599,7 @@ def _keep_metrics_up_to(path: Path, epoch: int) -> None:
         path.write_text("".join(line + "\n" for line in lines))
 
 
-def _setup(arch: str, argv: list[str] | None) -> dict[str, Any]:
+def prepare(arch: str, argv: list[str] | None) -> dict[str, Any]:
     """Parse and check everything, build data and model: all bad input fails here, before any
     training step, as a UsageError naming the argument."""
     args = build_parser(arch).parse_args(argv)
@@ -625,6 +625,9 @@ def _setup(arch: str, argv: list[str] | None) -> dict[str, Any]:
             train_set, _ = build_split(args, "train", image_size)
             if args.train_subset is not None:
                 train_set = train_subset(train_set, args.train_subset, args.seed)
+            if len(train_set) // world.size < args.batch_size // world.size:
+                raise UsageError(f"--batch-size {args.batch_size}: larger than the training set "
+                                 f"({len(train_set)} images)")
     except data.DataError as error:
         raise UsageError(str(error)) from error
     seed_everything(args.seed)  # the same initialization on every rank
@@ -644,7 +647,7 @@ def _setup(arch: str, argv: list[str] | None) -> dict[str, Any]:
 def run(arch: str, argv: list[str] | None = None) -> dict[str, Any]:
     """Train (or evaluate) as the arguments say; returns the summary (on every rank)."""
     start = time.time()
-    setup = _setup(arch, argv)
+    setup = prepare(arch, argv)
     distributed.init(setup["args"].device.type)
     try:
         return _train(setup, start)
