@@ -111,18 +111,26 @@ class UsageError(ValueError):
 # ----------------------------------------------------------------------------------------------
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: not for options whose help already explains theirs."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        return text if "default" in text else super()._get_help_string(action)
+
+
 def build_parser(arch: str) -> argparse.ArgumentParser:
     """Every knob of the run; defaults that depend on others are resolved by check_args."""
     p = argparse.ArgumentParser(
         description=f"Fine-tune, re-train or train {arch} (Ye et al., 2020, Sections 4.1-4.2).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_HelpFormatter,
     )
     m = p.add_argument_group("model")
-    m.add_argument("--pruned", help="pruned checkpoint to train (prune script's pruned.pth, or a "
-                                    "checkpoint of this script trained from one)")
+    m.add_argument("--pruned", help="pruned checkpoint to train: the prune script's pruned.pth, or "
+                                    "a checkpoint of this script trained from one")
     m.add_argument("--pretrained", default="",
                    help="dense weights to start from: a torchvision enum name (IMAGENET1K_V1) or "
-                        "a file; neither --pruned nor --pretrained: random initialization")
+                        "a file (default, and without --pruned: random initialization)")
     m.add_argument("--from-scratch", action="store_true",
                    help="with --pruned: re-initialize the slim architecture randomly and train "
                         "for the Scratch-B budget (Liu et al., 2019; paper Table 2)")
@@ -133,7 +141,7 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
         m.add_argument("--width", type=float, choices=(1.0, 0.75, 0.5), default=None,
                        help="width multiplier of a dense model (default 1.0; --pruned has its own)")
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", choices=data.DATASETS, default="imagenet")
+    d.add_argument("--dataset", choices=data.DATASETS, default="imagenet", help="dataset")
     d.add_argument("--data-path", help="dataset root (train/ and val/ folders, or CIFAR batches)")
     d.add_argument("--image-size", type=int,
                    help="input resolution (default: 224 ImageNet, 32 otherwise)")
@@ -148,7 +156,8 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                    help="train on a class-balanced random subset of K images (fixed by --seed)")
     d.add_argument("--workers", type=int, default=8, help="DataLoader workers per process")
     t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=int, default=150)
+    t.add_argument("--epochs", type=int, default=150,
+                   help="training epochs; --from-scratch scales them (Scratch-B)")
     t.add_argument("--batch-size", type=int, default=512,
                    help="global batch size, split evenly over the torchrun processes")
     t.add_argument("--lr", type=float, default=None,
@@ -166,16 +175,18 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                                                                 "0.005)")
     t.add_argument("--grda-mu", type=float, default=None, help="gRDA threshold growth (default "
                                                                  "0.51)")
-    t.add_argument("--label-smoothing", type=float, default=0.0)
+    t.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="the paper uses none (the released script smoothed labels)")
     t.add_argument("--eval-batch-size", type=int, default=256, help="per process")
     s = p.add_argument_group("speed (all off by default)")
     s.add_argument("--amp", nargs="?", const="bfloat16", choices=("bfloat16", "float16"),
                    default=None, help="autocast; --amp alone means bfloat16 (float16 adds a "
                                       "GradScaler)")
-    s.add_argument("--channels-last", action="store_true")
+    s.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     s.add_argument("--compile", action="store_true", help="torch.compile the training model")
     o = p.add_argument_group("run")
-    o.add_argument("--output-dir", default=f"runs/{arch}_finetune")
+    o.add_argument("--output-dir", default=f"runs/{arch}_finetune",
+                   help="checkpoints, metrics.jsonl, summary.json, tb/")
     o.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir from its last.pth")
     o.add_argument("--save-every", type=int, default=0,
@@ -184,7 +195,8 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                    help="evaluate the model on the validation set and write summary.json")
     o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="cpu or cuda; under torchrun each process uses cuda:LOCAL_RANK")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--seed", type=int, default=0,
+                   help="initialization, shuffling, augmentation, --train-subset")
     o.add_argument("--log-interval", type=int, default=50,
                    help="TensorBoard train loss / lr every N steps")
     o.add_argument("--no-progress", action="store_true", help="no tqdm bars")
@@ -334,12 +346,13 @@ def scratch_epochs(epochs: int, dense_macs: int, pruned_macs: int, max_factor: f
 
 
 def build_model(
-    args: argparse.Namespace, num_classes: int, resume: dict | None
+    args: argparse.Namespace, num_classes: int, resume: dict | None, pruned: dict | None
 ) -> tuple[nn.Module, dict[str, Any]]:
     """The model to train and what it is: ``{width, cfg, unit_kind, init}``.
 
-    From ``resume`` (a last.pth) when given, else from ``--pruned`` (optionally re-initialized),
-    else a dense model with ``--pretrained`` weights or a random initialization.
+    From ``resume`` (a last.pth) when given, else from ``pruned`` (the checkpoint of
+    ``--pruned``, re-initialized with ``--from-scratch``), else a dense model with
+    ``--pretrained`` weights or a random initialization.
     """
     arch = args.arch
     if resume is not None:
@@ -350,8 +363,8 @@ def build_model(
             model.load_state_dict(resume["model"])
         info = {k: resume[k] for k in ("width", "cfg", "unit_kind")}
         return model, {**info, "init": f"resumed from epoch {resume['epoch']}"}
-    if args.pruned:
-        ckpt = read_pruned(args.pruned, arch)
+    if pruned is not None:
+        ckpt = pruned
         if args.width is not None and args.width != ckpt["width"]:
             raise UsageError(f"--width {args.width}: --pruned {args.pruned} is a width "
                              f"{ckpt['width']} network")
@@ -567,12 +580,12 @@ def evaluate(model: nn.Module, loader: DataLoader, args: argparse.Namespace) -> 
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_resume(args: argparse.Namespace, out: Path) -> dict | None:
+def _load_resume(args: argparse.Namespace, out: Path, world: distributed.World) -> dict | None:
     """last.pth of the run in ``out`` when --resume is given, after checking it is the same run;
     refuses to overwrite a run otherwise."""
     path = out / "last.pth"
     if not path.exists():
-        if args.resume:
+        if args.resume and world.is_main:
             print(f"--resume: no last.pth in {out}, starting from the first epoch")
         return None
     if not args.resume:
@@ -613,9 +626,9 @@ def prepare(arch: str, argv: list[str] | None) -> dict[str, Any]:
             raise UsageError(f"--output-dir {out} holds a training run; give --evaluate-only "
                              "its own --output-dir")
     else:
-        resume = _load_resume(args, out)
-    if args.pruned and not args.evaluate_only and resume is None:
-        read_pruned(args.pruned, arch)  # the cheap architecture check before loading any data
+        resume = _load_resume(args, out, world)
+    # checked before any data is read: a checkpoint of another architecture fails in a second
+    pruned = read_pruned(args.pruned, arch) if args.pruned and resume is None else None
 
     image_size = args.image_size or data.default_image_size(args.dataset)
     try:
@@ -631,7 +644,7 @@ def prepare(arch: str, argv: list[str] | None) -> dict[str, Any]:
     except data.DataError as error:
         raise UsageError(str(error)) from error
     seed_everything(args.seed)  # the same initialization on every rank
-    model, info = build_model(args, num_classes, resume)
+    model, info = build_model(args, num_classes, resume, pruned)
     dense_macs, dense_params = macs_and_params(models.build(arch, info["width"], num_classes),
                                                image_size)
     macs, params = macs_and_params(model, image_size)

@@ -207,9 +207,12 @@ def test_defaults_are_the_papers_recipe(arch, lr, schedule):
     assert args.label_smoothing == 0.0 and args.image_size is None  # 224 on ImageNet
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path, monkeypatch):
-    """Cosine schedule, momentum, dropout and random augmentation all carry over."""
-    args = ["--epochs", "2", "--width", "0.5", "--lr", "0.05", *COMMON]
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_resumed_run_equals_uninterrupted_run(workers, tmp_path, monkeypatch):
+    """Cosine schedule, momentum, dropout and random augmentation all carry over, whether the
+    augmentation runs in the main process (its RNG state is saved) or in DataLoader workers
+    (re-seeded from seed, rank and epoch)."""
+    args = ["--epochs", "2", "--width", "0.5", "--lr", "0.05", *COMMON, "--workers", workers]
     straight = ft.run(ARCH, [*args, "--output-dir", str(tmp_path / "a")])
 
     calls = []
