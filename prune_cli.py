@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import data
 import models
-from models.weights import load_pretrained
+from models.weights import PretrainedDownloadError, load_pretrained
 from pruning.checkpoint import load, pruned_checkpoint, save_atomic, selection_cfg
 from pruning.evaluators import PlainEvaluator
 from pruning.flops import macs_and_params
@@ -159,8 +159,12 @@ def load_state(args: argparse.Namespace, out: Path) -> dict | None:
     return state
 
 
-def short_finetune(model, batches, steps: int, lr: float) -> None:
-    """A few SGD steps on the masked network between units (the released code's 0.1 epoch)."""
+def short_finetune(model, batches, steps: int, lr: float, seed: int) -> None:
+    """A few SGD steps on the masked network between units (the released code's 0.1 epoch).
+
+    Dropout draws from the global RNG, which is seeded per unit so a resumed run repeats it.
+    """
+    torch.manual_seed(seed)
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
                                 weight_decay=5e-5)
     model.train()
@@ -179,16 +183,19 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     check_args(args)
     out = Path(args.output_dir)
     state = load_state(args, out)
+    if args.pretrained:  # refuse weights of another architecture/width before scanning any data
+        load_pretrained(models.build(arch, args.width), arch, args.pretrained,
+                        allow_head_mismatch=True)
     start = time.time()
     seed_everything(args.seed)
 
     image_size = args.image_size or data.default_image_size(args.dataset)
+    synthetic = {"num_images": args.synthetic_images} if args.dataset == "synthetic" else {}
     train_set, num_classes = data.build_dataset(
-        args.dataset, args.data_path, "train", image_size=image_size, augment=False,
-        num_images=args.synthetic_images, seed=args.seed,
+        args.dataset, args.data_path, "train", image_size=image_size, augment=False, **synthetic
     )
     eval_indices = data.class_balanced_subset(
-        data.targets_of(train_set), min(args.eval_images, len(train_set)), seed=args.seed)
+        data.get_targets(train_set), min(args.eval_images, len(train_set)), seed=args.seed)
     device = args.device
     eval_loader = DataLoader(Subset(train_set, eval_indices), batch_size=args.eval_batch_size,
                              num_workers=args.workers)
@@ -212,10 +219,9 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         previous_seconds = state["seconds"]
         model.load_state_dict(state["model"])
         print(f"resuming after {len(completed)} of {len(units)} units")
-    sampler = data.InfiniteBatchSampler(len(train_set), args.batch_size, seed=args.seed,
-                                        start_batch=drawn)
-    loader = DataLoader(train_set, batch_sampler=sampler, num_workers=args.workers,
-                        persistent_workers=args.workers > 0, pin_memory=device.type == "cuda")
+    loader = data.make_infinite_loader(train_set, args.batch_size, seed=args.seed,
+                                       start_batch=drawn, workers=args.workers,
+                                       pin_memory=device.type == "cuda")
     batches = BatchStream(loader, device, drawn)
 
     def measure():
@@ -260,7 +266,8 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         print(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
               f"(dense {dense_loss:.4f}), top-1 {100 * top1:.2f}%")
         if steps_between:
-            short_finetune(model, batches, steps_between, args.finetune_lr)
+            short_finetune(model, batches, steps_between, args.finetune_lr,
+                           seed=args.seed * 1_000_003 + len(counts))
         save_atomic({"args": selection_args(args), "completed": counts,
                      "batches_drawn": batches.drawn, "model": model.state_dict(),
                      "seconds": time.time() - start + previous_seconds},
@@ -314,5 +321,5 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
 def main(arch: str) -> None:
     try:
         run(arch)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, PretrainedDownloadError) as error:
         sys.exit(f"error: {error}")

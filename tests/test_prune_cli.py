@@ -1,0 +1,128 @@
+"""The prune scripts end to end on the synthetic dataset: outputs, resume, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import models
+import prune_cli
+from pruning.checkpoint import load
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--dataset", "synthetic", "--synthetic-images", "160", "--eval-images", "40",
+        "--batch-size", "16", "--eval-batch-size", "40", "--workers", "0", "--no-progress",
+        "--candidates", "3", "--device", "cpu"]
+
+
+def tiny(out: Path, *extra: str) -> list[str]:
+    return [*TINY, "--output-dir", str(out), *extra]
+
+
+def test_mobile2_prune_script_writes_a_slim_checkpoint_and_summary(tmp_path):
+    out = tmp_path / "mb"
+    argv = tiny(out, "--width", "0.5", "--stop", "fraction", "--keep-fraction", "0.05")
+    result = subprocess.run([sys.executable, str(ROOT / "mobile2_prune.py"), *argv],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert "MACs" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    for key in ("arch", "macs", "params", "dense_macs", "dense_params", "kept", "loss_dense",
+                "loss_pruned", "max_abs_diff_slim_vs_masked", "seconds"):
+        assert key in summary
+    assert summary["arch"] == "mobilenet_v2" and summary["macs"] < summary["dense_macs"]
+    assert summary["params"] < summary["dense_params"]
+    assert len(summary["kept"]) == 17 and summary["kept"]["features.17.hidden"].endswith("/480")
+    assert summary["max_abs_diff_slim_vs_masked"] < 1e-4
+    assert abs(summary["loss_pruned"] - summary["loss_pruned_masked"]) < 1e-4
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert not (out / prune_cli.STATE_FILE).exists()
+    model, ckpt = models.load_pruned(out / "pruned.pth")
+    assert ckpt["metrics"]["macs"] == summary["macs"]
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_resnet34_prune_runs_with_the_loss_gap_rule(tmp_path):
+    summary = prune_cli.run("resnet34", tiny(tmp_path / "rn", "--epsilon", "0.5",
+                                             "--image-size", "16"))
+    assert summary["arch"] == "resnet34" and summary["macs"] < summary["dense_macs"]
+    assert len(summary["kept"]) == 16
+    # with a loose epsilon on an untrained network every unit stops early
+    assert summary["loss_pruned_masked"] - summary["loss_dense"] < 0.5 * 16
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_an_interruption_ends_with_the_same_selection(tmp_path, monkeypatch):
+    extra = ("--width", "0.5", "--stop", "fraction", "--keep-fraction", "0.03",
+             "--finetune-between", "0.1")
+    prune_cli.run("mobilenet_v2", tiny(tmp_path / "straight", *extra))
+
+    real_save = prune_cli.save_atomic
+    saves = []
+
+    def crash_after_five_units(obj, path):
+        real_save(obj, path)
+        saves.append(path)
+        if len(saves) == 5:
+            raise Interrupt  # as if killed right after the fifth unit's checkpoint
+
+    monkeypatch.setattr(prune_cli, "save_atomic", crash_after_five_units)
+    with pytest.raises(Interrupt):
+        prune_cli.run("mobilenet_v2", tiny(tmp_path / "resumed", *extra))
+    monkeypatch.setattr(prune_cli, "save_atomic", real_save)
+    state = load(tmp_path / "resumed" / prune_cli.STATE_FILE)
+    assert len(state["completed"]) == 5
+
+    with pytest.raises(ValueError, match="--resume"):  # refuses to silently start over
+        prune_cli.run("mobilenet_v2", tiny(tmp_path / "resumed", *extra))
+    with pytest.raises(ValueError, match="--seed"):  # refuses to continue a different run
+        prune_cli.run("mobilenet_v2", tiny(tmp_path / "resumed", *extra, "--resume", "--seed", "1"))
+    prune_cli.run("mobilenet_v2", tiny(tmp_path / "resumed", *extra, "--resume"))
+
+    a, b = load(tmp_path / "straight" / "pruned.pth"), load(tmp_path / "resumed" / "pruned.pth")
+    assert a["cfg"] == b["cfg"]
+    assert a["state_dict"].keys() == b["state_dict"].keys()
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--epsilon", "0"], "--epsilon"),
+    (["--epsilon", "-1"], "--epsilon"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--device", "tpu"], "--device"),
+    (["--device", "cuda:0"], "--device"),
+    (["--candidates", "0"], "--candidates"),
+    (["--keep-fraction", "1.5"], "--keep-fraction"),
+])
+def test_bad_arguments_are_refused_by_name(tmp_path, extra, message):
+    if extra[-1] == "cuda:0" and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ValueError, match=message):
+        prune_cli.run("mobilenet_v2", tiny(tmp_path, *extra))
+
+
+def test_missing_or_empty_data_folder_is_refused(tmp_path):
+    argv = ["--dataset", "imagenet", "--output-dir", str(tmp_path / "o"), "--device", "cpu"]
+    with pytest.raises(ValueError, match="--data-path"):
+        prune_cli.run("resnet34", [*argv, "--data-path", str(tmp_path / "nowhere")])
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    with pytest.raises(ValueError, match="--data-path"):
+        prune_cli.run("resnet34", [*argv, "--data-path", str(tmp_path / "empty")])
+
+
+def test_pretrained_file_of_another_architecture_fails_fast_with_a_clear_message(tmp_path):
+    weights = tmp_path / "resnet34.pth"
+    torch.save(models.build("resnet34", num_classes=10).state_dict(), weights)
+    argv = tiny(tmp_path / "o", "--pretrained", str(weights))
+    result = subprocess.run([sys.executable, str(ROOT / "mobile2_prune.py"), *argv],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
+    assert "mobilenet_v2" in result.stderr and "unexpected" in result.stderr.lower()
