@@ -12,6 +12,8 @@ after every unit, removes the dead channels physically, and writes
 Selection runs the network in eval mode (BatchNorm uses its running statistics, as in the
 released code) on mini-batches with the evaluation transform, drawn from one persistent loader.
 The stop rule's losses are measured on a fixed, class-balanced subset of the training set.
+Candidate scoring goes through one ``pruning.evaluators.CandidateEvaluator``; which one is used
+changes only the speed, never the selection.
 """
 
 import argparse
