@@ -33,6 +33,7 @@ from tqdm import tqdm
 import data
 import models
 from models.weights import PretrainedDownloadError, load_pretrained
+from pruning.baselines import FIXED_SIZE_METHODS, backward_elimination, fixed_size_counts
 from pruning.checkpoint import load, pruned_checkpoint, save_atomic, selection_cfg
 from pruning.evaluators import PlainEvaluator
 from pruning.flops import macs_and_params
@@ -40,15 +41,17 @@ from pruning.masks import Masks
 from pruning.metrics import loss_and_top1
 from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection
 from pruning.slim import slim_model
-from pruning.stop import LossGap, MaxFraction, Top1Tolerance
+from pruning.stop import LossGap, MatchKept, MaxFraction, Top1Tolerance
 
 STATE_FILE = "selection_state.pth"
 # Arguments that change what is selected: a resumed run must use the same values.
 SELECTION_ARGS = (
     "arch", "width", "units", "dataset", "data_path", "image_size", "synthetic_images",
     "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size", "eval_images",
-    "candidates", "without_replacement", "seed", "finetune_between", "finetune_lr",
+    "candidates", "without_replacement", "seed", "finetune_between", "finetune_lr", "method",
+    "match_kept",
 )
+METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
 
 
 def build_parser(arch: str) -> argparse.ArgumentParser:
@@ -68,6 +71,12 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
         p.add_argument("--width", type=float, default=1.0, choices=(1.0, 0.75, 0.5))
     p.add_argument("--units", choices=models.UNIT_KINDS[arch], default=models.DEFAULT_UNITS[arch],
                    help="which channel groups to prune")
+    p.add_argument("--method", choices=METHODS, default="greedy",
+                   help="greedy: forward selection (the paper); backward: greedy backward "
+                        "elimination; magnitude / random / uniform: fixed-size baselines that "
+                        "need --stop fraction or --match-kept")
+    p.add_argument("--match-kept", default=None,
+                   help="a pruned.pth whose per-unit kept channel counts this run stops at")
     p.add_argument("--stop", choices=("loss_gap", "top1_tol", "fraction"), default="loss_gap",
                    help="loss_gap: the paper's epsilon rule; top1_tol: the released code's; "
                         "fraction: keep --keep-fraction of every unit")
@@ -125,6 +134,9 @@ def check_args(args: argparse.Namespace) -> None:
     if args.image_size is not None and args.image_size < 8:
         raise ValueError(f"--image-size must be >= 8, got {args.image_size}")
     MaxFraction(args.keep_fraction)
+    if args.method in FIXED_SIZE_METHODS and args.stop != "fraction" and not args.match_kept:
+        raise ValueError(f"--method {args.method} keeps a given number of channels: "
+                         "use --stop fraction --keep-fraction F or --match-kept PATH")
     Top1Tolerance(args.top1_tol, measure=None)
     SelectionSettings(candidates=args.candidates)
     args.device = parse_device(args.device)
@@ -159,6 +171,16 @@ def load_state(args: argparse.Namespace, out: Path) -> dict | None:
         raise ValueError("--resume: these arguments differ from the interrupted run: "
                          + ", ".join(changed))
     return state
+
+
+def matched_kept(path: str, units) -> dict[str, int]:
+    """Per-unit kept channel counts of another pruned checkpoint of the same units."""
+    cfg = load(path).get("cfg", {}).get("units", {})
+    missing = [u.name for u in units if u.name not in cfg or cfg[u.name]["total"] != u.size]
+    if missing:
+        raise ValueError(f"--match-kept {path}: no matching unit for {', '.join(missing[:4])}"
+                         f"{' ...' if len(missing) > 4 else ''} (another architecture or --units?)")
+    return {u.name: cfg[u.name]["kept"] for u in units}
 
 
 def short_finetune(model, batches, steps: int, lr: float, seed: int) -> None:
@@ -229,7 +251,9 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     def measure():
         return loss_and_top1(model, eval_batches)
 
-    if args.stop == "loss_gap":
+    if args.match_kept:
+        stop = MatchKept(matched_kept(args.match_kept, units))
+    elif args.stop == "loss_gap":
         stop = LossGap(args.epsilon, dense_loss, measure)
     elif args.stop == "top1_tol":
         stop = Top1Tolerance(args.top1_tol, measure)
@@ -275,8 +299,16 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
                      "seconds": time.time() - start + previous_seconds},
                     out / STATE_FILE)
 
-    counts = greedy_forward_selection(units, masks, evaluator, batches, stop, settings,
-                                      completed, after_unit, log_step)
+    if args.method in FIXED_SIZE_METHODS:
+        generator = torch.Generator().manual_seed(args.seed)
+        counts = {u.name: fixed_size_counts(args.method, model, u, stop.target(u), generator)
+                  for u in units}
+        for name, c in counts.items():
+            masks.set_counts(name, c)
+    else:
+        search = greedy_forward_selection if args.method == "greedy" else backward_elimination
+        counts = search(units, masks, evaluator, batches, stop, settings, completed, after_unit,
+                        log_step)
     writer.close()
 
     pruned_loss, pruned_top1 = loss_and_top1(model, eval_batches)
@@ -292,7 +324,8 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
                                                image_size)
     macs, params = macs_and_params(slim, image_size)
     summary = {
-        "arch": arch, "width": args.width, "units": args.units, "dataset": args.dataset,
+        "arch": arch, "width": args.width, "units": args.units, "method": args.method,
+        "dataset": args.dataset,
         "num_classes": num_classes, "image_size": image_size,
         "macs": macs, "params": params, "dense_macs": dense_macs, "dense_params": dense_params,
         "kept": {u.name: f"{int((counts[u.name] > 0).sum())}/{u.size}" for u in units},

@@ -37,18 +37,29 @@ class PlainEvaluator:
         self.model = model
         self.masks = masks
 
-    @torch.no_grad()
     def losses(
         self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
+        return self._trial_losses(unit, counts, candidates, batch, +1)
+
+    def removal_losses(
+        self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
+        """Loss with ``counts - e_k`` for each k: the score of greedy backward elimination."""
+        return self._trial_losses(unit, counts, candidates, batch, -1)
+
+    @torch.no_grad()
+    def _trial_losses(
+        self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch, delta: int
     ) -> torch.Tensor:
         x, y = batch
         self.model.eval()
         result = torch.empty(len(candidates), dtype=torch.float64)
         trial = counts.clone()
         for i, k in enumerate(candidates.tolist()):
-            trial[k] += 1
+            trial[k] += delta
             self.masks.set_counts(unit.name, trial)
             result[i] = F.cross_entropy(self.model(x).float(), y).item()
-            trial[k] -= 1
+            trial[k] -= delta
         self.masks.set_counts(unit.name, counts)
         return result

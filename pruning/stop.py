@@ -6,6 +6,7 @@
 * ``Top1Tolerance`` -- the released code's rule: stop when top-1 on that subset reaches
   (1 - tol) times the top-1 the network had when this unit's selection started.
 * ``MaxFraction`` -- stop once a fraction of the unit's channels is kept: a fixed-size budget.
+* ``MatchKept`` -- stop at the kept count of another run, to compare methods at equal sizes.
 
 Every rule is also capped by the selector at N selections per unit (N = unit width), so a unit
 never ends up with more selections than the dense layer has channels.
@@ -65,5 +66,21 @@ class MaxFraction(StopRule):
             raise ValueError(f"--keep-fraction must be in (0, 1], got {fraction}")
         self.fraction = fraction
 
+    def target(self, unit: Unit) -> int:
+        return math.ceil(self.fraction * unit.size)
+
     def done(self, unit: Unit, counts: torch.Tensor) -> bool:
-        return int((counts > 0).sum()) >= math.ceil(self.fraction * unit.size)
+        return int((counts > 0).sum()) >= self.target(unit)
+
+
+class MatchKept(StopRule):
+    """Stop at the number of channels another run kept in the same unit (equal-size baselines)."""
+
+    def __init__(self, kept: dict[str, int]):
+        self.kept = kept
+
+    def target(self, unit: Unit) -> int:
+        return self.kept[unit.name]
+
+    def done(self, unit: Unit, counts: torch.Tensor) -> bool:
+        return int((counts > 0).sum()) >= self.target(unit)

@@ -126,3 +126,26 @@ def test_pretrained_file_of_another_architecture_fails_fast_with_a_clear_message
     assert result.returncode != 0
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
     assert "mobilenet_v2" in result.stderr and "unexpected" in result.stderr.lower()
+
+
+def test_baseline_methods_from_the_command_line_match_a_greedy_run(tmp_path):
+    greedy = tmp_path / "greedy"
+    prune_cli.run("resnet34", tiny(greedy, "--image-size", "16", "--stop", "fraction",
+                                   "--keep-fraction", "0.02"))
+    kept = json.loads((greedy / "summary.json").read_text())["kept"]
+    for method in ("magnitude", "random", "uniform", "backward"):
+        extra = ["--match-kept", str(greedy / "pruned.pth")]
+        if method == "backward":  # eliminating from 512 down to 11 is long; keep most instead
+            extra = ["--stop", "fraction", "--keep-fraction", "0.97"]
+        summary = prune_cli.run("resnet34", tiny(tmp_path / method, "--image-size", "16",
+                                                 "--method", method, *extra))
+        assert summary["method"] == method
+        if method != "backward":
+            assert summary["kept"] == kept
+        else:
+            assert summary["kept"]["layer4.2.inner"] == "497/512"
+    with pytest.raises(ValueError, match="--stop fraction"):
+        prune_cli.run("resnet34", tiny(tmp_path / "bad", "--method", "random"))
+    with pytest.raises(ValueError, match="--match-kept"):
+        prune_cli.run("mobilenet_v2", tiny(tmp_path / "bad2", "--width", "0.5",
+                                           "--match-kept", str(greedy / "pruned.pth")))

@@ -1,0 +1,131 @@
+"""The selections greedy forward selection is compared against, on the same units and masks.
+
+* ``backward_elimination`` -- greedy backward elimination (Ye et al., 2020, Section 3.5 and
+  Appendix 11): start from all N channels and repeatedly remove the one whose removal raises the
+  loss least, scored on a fresh mini-batch by the same evaluator and loss as forward selection.
+* ``magnitude`` -- keep the k channels whose producing filters have the largest L1 norm, the
+  classic backward-style criterion (Li et al., 2017).
+* ``random`` -- k channels uniformly at random: what selection must beat to mean anything.
+* ``uniform`` -- the first k channels of every unit, i.e. a uniformly thinner network (the
+  paper's "Uniform" rows, which are then trained from scratch).
+
+The last three need a per-unit size k; they use the data-free ``MaxFraction`` / ``MatchKept``
+targets. All return selection counts, so the masks, physical removal, checkpoints and reports
+are shared with greedy selection.
+"""
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from pruning.evaluators import CandidateEvaluator
+from pruning.masks import Masks
+from pruning.metrics import Batch
+from pruning.selection import SelectionSettings, StepLog
+from pruning.stop import StopRule
+from pruning.units import Unit
+
+FIXED_SIZE_METHODS = ("magnitude", "random", "uniform")
+
+
+def producing_conv(model: nn.Module, unit: Unit) -> nn.Conv2d:
+    """The conv whose filters make the unit's channels: the first producer of an input-side unit
+    (MobileNetV2's expand conv, ResNet's conv1), the conv feeding the BatchNorm site of an
+    output-side unit (a block's projection conv)."""
+    producers = unit.space.producers
+    name = producers[0] if unit.side == "input" else producers[producers.index(unit.site) - 1]
+    conv = model.get_submodule(name)
+    if not isinstance(conv, nn.Conv2d):
+        raise TypeError(f"unit {unit.name}: producer {name} is not a convolution")
+    return conv
+
+
+def magnitude_scores(model: nn.Module, unit: Unit) -> torch.Tensor:
+    """L1 norm of each output filter of the producing conv."""
+    return producing_conv(model, unit).weight.detach().abs().flatten(1).sum(1).cpu()
+
+
+def fixed_size_counts(
+    method: str, model: nn.Module, unit: Unit, k: int, generator: torch.Generator
+) -> torch.Tensor:
+    """Counts (0 or 1) of a k-channel selection by ``method`` in FIXED_SIZE_METHODS."""
+    if not 1 <= k <= unit.size:
+        raise ValueError(f"unit {unit.name}: cannot keep {k} of {unit.size} channels")
+    if method == "magnitude":
+        keep = torch.argsort(magnitude_scores(model, unit), descending=True, stable=True)[:k]
+    elif method == "random":
+        keep = torch.randperm(unit.size, generator=generator)[:k]
+    elif method == "uniform":
+        keep = torch.arange(k)
+    else:
+        raise ValueError(f"--method: expected one of {FIXED_SIZE_METHODS}, got {method!r}")
+    counts = torch.zeros(unit.size, dtype=torch.long)
+    counts[keep] = 1
+    return counts
+
+
+def eliminate_unit(
+    unit: Unit,
+    masks: Masks,
+    evaluator: CandidateEvaluator,
+    batches: Iterator[Batch],
+    stop: StopRule,
+    settings: SelectionSettings,
+    unit_index: int,
+    log_step: StepLog | None = None,
+) -> torch.Tensor:
+    """Greedy backward elimination for one unit.
+
+    With a size target (``stop.target``) channels are removed until only that many remain.
+    With a quality rule (loss gap, top-1 tolerance) channels are removed while the rule still
+    holds after the removal; the first removal that breaks it is undone.
+    """
+    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + unit_index)
+    counts = torch.ones(unit.size, dtype=torch.long)
+    masks.set_counts(unit.name, counts)
+    stop.start(unit)
+    target = stop.target(unit) if hasattr(stop, "target") else None
+    for step in range(unit.size - 1):
+        if target is not None and int((counts > 0).sum()) <= target:
+            break
+        pool = torch.nonzero(counts).flatten()
+        if settings.candidates is not None and settings.candidates < len(pool):
+            pool = pool[torch.randperm(len(pool), generator=generator)[: settings.candidates]]
+        losses = evaluator.removal_losses(unit, counts, pool, next(batches))
+        worst = int(pool[int(torch.argmin(losses))])
+        counts[worst] -= 1
+        masks.set_counts(unit.name, counts)
+        if target is None and not stop.done(unit, counts):
+            counts[worst] += 1
+            masks.set_counts(unit.name, counts)
+            break
+        if log_step is not None:
+            log_step(unit, step, worst, float(losses.min()), stop.last_loss)
+    return counts
+
+
+def backward_elimination(
+    units: list[Unit],
+    masks: Masks,
+    evaluator: CandidateEvaluator,
+    batches: Iterator[Batch],
+    stop: StopRule,
+    settings: SelectionSettings,
+    completed: dict[str, torch.Tensor] | None = None,
+    after_unit: Callable[[Unit, dict[str, torch.Tensor]], None] | None = None,
+    log_step: StepLog | None = None,
+) -> dict[str, torch.Tensor]:
+    """Backward elimination over all units, input to output, like ``greedy_forward_selection``."""
+    counts = dict(completed or {})
+    for name, c in counts.items():
+        masks.set_counts(name, c)
+    for index, unit in enumerate(units):
+        if unit.name in counts:
+            continue
+        counts[unit.name] = eliminate_unit(
+            unit, masks, evaluator, batches, stop, settings, index, log_step
+        )
+        if after_unit is not None:
+            after_unit(unit, counts)
+    return counts
