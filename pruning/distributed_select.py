@@ -1,0 +1,80 @@
+"""Greedy selection shared by the ranks of a torch.distributed job (Wolfe et al., 2023, App. E).
+
+Algorithm 3 partitions the candidate neurons disjointly across compute nodes; every node finds
+its local best and the global best is the best of those. Here every rank holds the whole model
+and draws the same mini-batch, scores a contiguous share of each step's candidates, and the
+per-candidate losses are all-gathered. Gathering the losses (a few thousand numbers) rather than
+only each rank's (loss, index) costs nothing measurable and gives every rank the exact vector a
+single process would compute, so ``argmin`` -- ties included -- and the logged loss are the same
+on every rank and the same as without distribution.
+
+Anything a rank computes redundantly and decides on (the shortlist's linear scores, the stop
+rule's verdict) is taken from rank 0, so floating-point nondeterminism on one GPU can never make
+the ranks disagree about a selection or about when a unit ends.
+"""
+
+import torch
+import torch.distributed as dist
+
+from pruning.metrics import Batch
+from pruning.shortlist import ScoringEvaluator
+from pruning.stop import StopRule
+from pruning.units import Unit
+
+
+def _comm_device() -> torch.device:
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _from_rank0(values: torch.Tensor) -> torch.Tensor:
+    buffer = values.to(_comm_device(), torch.float64)
+    dist.broadcast(buffer, src=0)
+    return buffer.cpu()
+
+
+class CandidatePartition:
+    """Each rank evaluates its share of the candidates; every rank gets all the losses.
+
+    Needs an initialized default process group and the same ``batch`` on every rank.
+    """
+
+    def __init__(self, inner: ScoringEvaluator):
+        self.inner = inner
+
+    def losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
+               batch: Batch) -> torch.Tensor:
+        world, rank = dist.get_world_size(), dist.get_rank()
+        share = -(-len(candidates) // world)  # ceil
+        mine = candidates[rank * share:(rank + 1) * share]
+        local = torch.full((share,), float("inf"), dtype=torch.float64)
+        if len(mine):
+            local[:len(mine)] = self.inner.losses(unit, counts, mine, batch)
+        device = _comm_device()
+        gathered = [torch.empty(share, dtype=torch.float64, device=device) for _ in range(world)]
+        dist.all_gather(gathered, local.to(device))
+        return torch.cat(gathered).cpu()[:len(candidates)]
+
+    def linear_scores(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
+                      batch: Batch) -> torch.Tensor:
+        """Rank 0's scores on every rank: one backward pass, not worth splitting."""
+        return _from_rank0(self.inner.linear_scores(unit, counts, candidates, batch))
+
+
+class RankZeroStop(StopRule):
+    """A stop rule whose verdict (and measured loss) every rank takes from rank 0."""
+
+    def __init__(self, inner: StopRule):
+        self.inner = inner
+
+    def start(self, unit: Unit) -> None:
+        self.inner.start(unit)
+
+    def done(self, unit: Unit, counts: torch.Tensor) -> bool:
+        finished = self.inner.done(unit, counts)
+        loss = self.inner.last_loss
+        verdict = _from_rank0(torch.tensor([float(finished),
+                                            float("nan") if loss is None else loss]))
+        self.last_loss = None if torch.isnan(verdict[1]) else float(verdict[1])
+        return bool(verdict[0])

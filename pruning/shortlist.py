@@ -1,0 +1,57 @@
+"""First-order shortlist: exact losses for the K candidates with the best Frank-Wolfe score.
+
+The proof of Lemma 1 (Wolfe et al., 2023; after Ye et al., 2020) compares the greedy pick q_k
+with one particular vertex, the Frank-Wolfe vertex q'_k = argmin_q <grad loss(u_{k-1}), q>, and
+uses only l(u_k) <= l(u'_k): the chosen channel must be at least as good as the Frank-Wolfe
+vertex. Any rule that evaluates the Frank-Wolfe vertex exactly and picks the best of what it
+evaluated keeps that inequality, hence the bound (12).
+
+So each step ranks all candidates by their linear score (one backward pass,
+``FastEvaluator.linear_scores``), evaluates exactly only the first K of that ranking -- the
+Frank-Wolfe vertex is always first -- and reports +inf for the others, so the selector's argmin
+is the exact best of the shortlist. With K >= the number of candidates no score is computed and
+the step is plain exact greedy.
+"""
+
+from typing import Protocol
+
+import torch
+
+from pruning.metrics import Batch
+from pruning.units import Unit
+
+
+class ScoringEvaluator(Protocol):
+    def losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
+               batch: Batch) -> torch.Tensor: ...
+
+    def linear_scores(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
+                      batch: Batch) -> torch.Tensor: ...
+
+
+def shortlist(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """Positions of the k lowest scores, lowest first; position 0 is ``argmin(scores)``.
+
+    A stable sort breaks ties by position, as ``argmin`` does, so the Frank-Wolfe vertex is
+    always in the shortlist even among equal scores.
+    """
+    return torch.argsort(scores, stable=True)[:k]
+
+
+class ShortlistEvaluator:
+    """Exact losses for the top-K of the linear ranking, +inf for every other candidate."""
+
+    def __init__(self, inner: ScoringEvaluator, k: int):
+        if k < 1:
+            raise ValueError(f"--shortlist must be >= 1, got {k}")
+        self.inner, self.k = inner, k
+
+    def losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
+               batch: Batch) -> torch.Tensor:
+        if len(candidates) <= self.k:
+            return self.inner.losses(unit, counts, candidates, batch)
+        scores = self.inner.linear_scores(unit, counts, candidates, batch)
+        positions = shortlist(scores, self.k)
+        result = torch.full((len(candidates),), float("inf"), dtype=torch.float64)
+        result[positions] = self.inner.losses(unit, counts, candidates[positions], batch)
+        return result

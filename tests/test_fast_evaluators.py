@@ -1,0 +1,306 @@
+"""The fast evaluators compute exactly what PlainEvaluator computes (fp32, CPU).
+
+PlainEvaluator (one full masked forward per candidate) is the reference: every faster evaluator
+must return the same per-candidate losses for every unit kind of both architectures, with other
+units carrying non-trivial selections, and a whole greedy selection must pick the same channels.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import models
+from models.suffix import splitter
+from pruning.evaluators import PlainEvaluator
+from pruning.fast_evaluators import FastEvaluator, PrefixCachedEvaluator
+from pruning.masks import Masks, mixing_weights
+from pruning.selection import SelectionSettings, greedy_forward_selection
+from pruning.shortlist import ShortlistEvaluator, shortlist
+from pruning.stop import MaxFraction
+
+RTOL = 1e-5
+
+
+def make_model(arch: str, seed: int = 0) -> nn.Module:
+    """A randomized network in which every unit's channels clearly change the loss.
+
+    With plain random initialization the signal of early channels fades (candidate losses alike
+    to 1e-5, so rounding would decide). Calibrating every BN's statistics on random inputs keeps
+    each layer's output at unit scale; a floor on the variances keeps near-dead channels from
+    amplifying rounding errors chaotically; random BN affines make no BN the identity; ResNet's
+    residual branches are damped so that the stream does not explode.
+    """
+    torch.manual_seed(seed)
+    model = models.build(arch, 0.5 if arch == "mobilenet_v2" else 1.0, num_classes=10)
+    generator = torch.Generator().manual_seed(seed)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=generator) * 0.2)
+            m.weight.data.mul_(0.2 if name.endswith("bn2") else 1.0)
+            m.momentum = None  # cumulative average: the statistics of the calibration batch
+    model.train()
+    with torch.no_grad():
+        model(torch.randn(32, 3, 32, 32, generator=generator))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):  # no near-dead channel amplifying rounding errors
+            m.running_var.clamp_(min=0.03)
+    head = model.classifier[1] if arch == "mobilenet_v2" else model.fc
+    head.weight.data.mul_(2.0 if arch == "mobilenet_v2" else 0.3)
+    return model.eval()
+
+
+def batch(seed: int, size: int = 8, pixels: int = 32):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(size, 3, pixels, pixels, generator=generator),
+            torch.randint(0, 10, (size,), generator=generator))
+
+
+def select_some(units, masks, seed: int = 1) -> None:
+    """About half of every unit selected, with repeats: no unit is dense or empty."""
+    generator = torch.Generator().manual_seed(seed)
+    for unit in units:
+        counts = torch.zeros(unit.size, dtype=torch.long)
+        picks = torch.randint(0, unit.size, (max(1, unit.size * 2 // 3),), generator=generator)
+        counts.index_add_(0, picks, torch.ones_like(picks))
+        masks.set_counts(unit.name, counts)
+
+
+CASES = [("mobilenet_v2", "hidden+outputs"), ("resnet34", "inner")]
+
+
+@pytest.mark.parametrize("arch,kind", CASES)
+def test_every_unit_gets_the_plain_losses(arch, kind):
+    model = make_model(arch)
+    units = models.prunable_units(arch, model, kind)
+    masks = Masks(model, units)
+    select_some(units, masks)
+    splits = splitter(arch, model)
+    plain = PlainEvaluator(model, masks)
+    prefix = PrefixCachedEvaluator(model, masks, splits)
+    one_at_a_time, stacked = FastEvaluator(model, splits, 1), FastEvaluator(model, splits, 24)
+    generator = torch.Generator().manual_seed(2)
+    step_batch = batch(3)
+    kinds_seen = set()
+    if arch == "resnet34":  # the first block of each stage (three with a downsample), the last
+        units = [u for u in units if u.name.endswith(".0.inner")] + units[-1:]
+    for unit in units:
+        others = masks.weights[unit.name].clone()  # restored below: later units see it
+        counts = torch.zeros(unit.size, dtype=torch.long)  # S = {a, b, b}: a repeat
+        counts[torch.randperm(unit.size, generator=generator)[:2]] = torch.tensor([1, 2])
+        masks.set_counts(unit.name, counts)
+        before = masks.weights[unit.name].clone()
+        # selected and unselected channels, one twice, and an incomplete last chunk (24 // 8 = 3)
+        candidates = torch.cat([torch.nonzero(counts).flatten(),
+                                torch.randint(0, unit.size, (4,), generator=generator)])
+        candidates = torch.cat([candidates, candidates[-1:]])
+        reference = plain.losses(unit, counts, candidates, step_batch)
+        spread = reference.max() - reference.min()
+        assert spread > 20 * RTOL * reference.mean(), "losses too alike to test"
+        for evaluator in (prefix, one_at_a_time, stacked):
+            got = evaluator.losses(unit, counts, candidates, step_batch)
+            torch.testing.assert_close(got, reference, rtol=RTOL, atol=0)
+            assert torch.equal(masks.weights[unit.name], before)  # the mask is left as it was
+        kinds_seen.add((unit.side, splits(unit).consumer is None))
+        masks.set_weights(unit.name, others)
+    assert kinds_seen == ({("input", False), ("output", True)} if arch == "mobilenet_v2"
+                          else {("input", False)})
+
+
+def test_first_step_from_an_empty_selection():
+    model = make_model("mobilenet_v2")
+    units = models.prunable_units("mobilenet_v2", model, "hidden+outputs")
+    masks = Masks(model, units)
+    splits = splitter("mobilenet_v2", model)
+    for unit in (units[0], units[2]):  # block 1's hidden unit (prefix = input), an output unit
+        empty = torch.zeros(unit.size, dtype=torch.long)
+        masks.set_counts(unit.name, empty)
+        candidates = torch.arange(unit.size)
+        reference = PlainEvaluator(model, masks).losses(unit, empty, candidates, batch(4))
+        got = FastEvaluator(model, splits).losses(unit, empty, candidates, batch(4))
+        torch.testing.assert_close(got, reference, rtol=RTOL, atol=0)
+
+
+class Batches:
+    """The same endless sequence of batches for every run that uses the same seed."""
+
+    def __init__(self, seed: int, size: int = 8):
+        self.seed, self.size, self.drawn = seed, size, 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        self.drawn += 1
+        return batch(1000 * self.seed + self.drawn, self.size)
+
+
+class Recording:
+    """Passes losses through and keeps every step's vector."""
+
+    def __init__(self, inner):
+        self.inner, self.steps = inner, []
+
+    def losses(self, unit, counts, candidates, batch):
+        self.steps.append(self.inner.losses(unit, counts, candidates, batch))
+        return self.steps[-1]
+
+
+def run_selection(model, units, selected, evaluator, settings, batch_size, fraction):
+    """Greedy selection of the units named in ``selected``; the counts and the picks.
+
+    The other units carry a partial selection (``select_some``): behind dense later units a
+    random network's loss hardly depends on an early channel (candidates alike to 1e-6), and
+    float rounding, not the evaluator, would decide between near-equal candidates.
+    """
+    masks = Masks(model, units)
+    select_some(units, masks)
+    picks = []
+    counts = greedy_forward_selection(
+        [u for u in units if u.name in selected], masks, evaluator(model, masks),
+        Batches(5, batch_size), MaxFraction(fraction), settings,
+        log_step=lambda unit, step, best, loss, e: picks.append((unit.name, best, loss)),
+    )
+    masks.remove()
+    return counts, picks
+
+
+def assert_same_selection(first, second):
+    (counts_a, picks_a), (counts_b, picks_b) = first, second
+    assert [p[:2] for p in picks_a] == [p[:2] for p in picks_b]
+    assert all(torch.equal(counts_a[name], counts_b[name]) for name in counts_a)
+    for a, b in zip(picks_a, picks_b):
+        assert a[2] == pytest.approx(b[2], rel=RTOL)
+
+
+@pytest.mark.parametrize("arch,kind,selected,settings,batch_size,fraction", [
+    ("mobilenet_v2", "hidden+outputs",
+     ("features.1.hidden", "features.2.output", "features.3.hidden"),
+     SelectionSettings(candidates=8), 8, 0.25),
+    ("resnet34", "inner", ("layer1.1.inner", "layer2.0.inner"),
+     SelectionSettings(candidates=6, replacement=False, seed=3), 4, 0.05),
+])
+def test_greedy_selection_is_the_same_as_with_the_plain_evaluator(arch, kind, selected, settings,
+                                                                   batch_size, fraction):
+    model = make_model(arch)
+    units = models.prunable_units(arch, model, kind)
+    splits = splitter(arch, model)
+    recorded = []
+
+    def plain(m, masks):
+        recorded.append(Recording(PlainEvaluator(m, masks)))
+        return recorded[-1]
+
+    def run(evaluator):
+        return run_selection(model, units, selected, evaluator, settings, batch_size, fraction)
+
+    reference = run(plain)
+    assert len(reference[1]) >= 10
+    assert len({best for _, best, _ in reference[1]}) > 3  # not one channel over and over
+    # every step's best beats the runner-up by far more than float32 rounding: no tie decides
+    gaps = [(s.sort().values[1] - s.min()) / s.min() for s in recorded[0].steps]
+    assert min(gaps) > 1e-5
+    assert_same_selection(reference, run(lambda m, masks: FastEvaluator(m, splits, 16)))
+    everything = run(  # K = all candidates: no scores, plain exact greedy
+        lambda m, masks: ShortlistEvaluator(FastEvaluator(m, splits, 16), 10_000))
+    assert_same_selection(reference, everything)
+
+
+@pytest.mark.parametrize("arch,name", [
+    ("mobilenet_v2", "features.1.hidden"), ("mobilenet_v2", "features.4.output"),
+    ("mobilenet_v2", "features.17.hidden"), ("resnet34", "layer2.0.inner"),
+])
+def test_linear_scores_are_the_gradient_of_the_loss_in_the_mixing_weights(arch, name):
+    """The Frank-Wolfe score of channel k is d loss / d w_k of the plain masked network."""
+    model = make_model(arch)
+    units = models.prunable_units(arch, model, "hidden+outputs" if arch != "resnet34" else None)
+    masks = Masks(model, units)
+    select_some(units, masks)
+    unit = next(u for u in units if u.name == name)
+    counts = torch.zeros(unit.size, dtype=torch.long)
+    counts[1], counts[3] = 1, 2  # S = {1, 3, 3}
+    x, y = batch(6)
+    weights = mixing_weights(counts).requires_grad_(True)
+    masks.weights[unit.name] = weights  # the hooks read this entry at call time
+    (expected,) = torch.autograd.grad(F.cross_entropy(model(x), y), weights)
+    masks.weights[unit.name] = mixing_weights(counts)
+    candidates = torch.randperm(unit.size, generator=torch.Generator().manual_seed(0))[:20]
+    scores = FastEvaluator(model, splitter(arch, model)).linear_scores(unit, counts, candidates,
+                                                                       (x, y))
+    torch.testing.assert_close(scores, expected[candidates].double(), rtol=1e-4, atol=1e-7)
+    assert scores.abs().max() > 1e-3
+
+
+def test_shortlist_order_puts_the_frank_wolfe_vertex_first_even_among_ties():
+    scores = torch.tensor([0.5, -1.0, 2.0, -1.0, -3.0, -3.0, 0.0])
+    positions = shortlist(scores, 3)
+    assert positions.tolist() == [4, 5, 1]
+    assert int(positions[0]) == int(torch.argmin(scores))
+    assert shortlist(scores, 100).tolist() == [4, 5, 1, 3, 6, 0, 2]
+
+
+class Spy:
+    """Records, for every step, the exact losses of all candidates and the linear scores."""
+
+    def __init__(self, fast: FastEvaluator):
+        self.fast, self.exact, self.scores = fast, [], []
+
+    def losses(self, unit, counts, candidates, batch):
+        return self.fast.losses(unit, counts, candidates, batch)
+
+    def linear_scores(self, unit, counts, candidates, batch):
+        self.scores.append(self.fast.linear_scores(unit, counts, candidates, batch))
+        self.exact.append(self.fast.losses(unit, counts, candidates, batch))
+        return self.scores[-1]
+
+
+def test_shortlist_picks_the_exact_best_of_the_top_k_and_always_scores_the_vertex():
+    model = make_model("mobilenet_v2")
+    units = models.prunable_units("mobilenet_v2", model, "hidden")
+    masks = Masks(model, units)
+    spy = Spy(FastEvaluator(model, splitter("mobilenet_v2", model)))
+    evaluator = ShortlistEvaluator(spy, 4)
+    picks, returned = [], []
+
+    class Returned:
+        def losses(self, *args):
+            returned.append(evaluator.losses(*args))
+            return returned[-1]
+
+    selected = {"features.3.hidden", "features.6.hidden"}
+    greedy_forward_selection(
+        [u for u in units if u.name in selected], masks, Returned(), Batches(7),
+        MaxFraction(0.1), SelectionSettings(),
+        log_step=lambda unit, step, best, loss, e: picks.append(best))
+    assert len(picks) == len(spy.scores) >= 10
+    vertex_was_not_best = 0
+    for best, got, scores, exact in zip(picks, returned, spy.scores, spy.exact):
+        listed = torch.isfinite(got)
+        assert int(listed.sum()) == 4
+        vertex = int(torch.argmin(scores))
+        assert listed[vertex]  # the Frank-Wolfe vertex is always evaluated exactly
+        torch.testing.assert_close(got[listed], exact[listed], rtol=RTOL, atol=0)
+        assert best == int(torch.nonzero(listed)[torch.argmin(exact[listed])])
+        assert exact[best] <= exact[vertex]  # the inequality the proof of Lemma 1 needs
+        vertex_was_not_best += best != vertex
+    assert vertex_was_not_best > 0  # the exact evaluation of the shortlist does matter
+
+
+def test_channels_last_gives_the_same_losses():
+    model = make_model("mobilenet_v2")
+    units = models.prunable_units("mobilenet_v2", model, "hidden")
+    masks = Masks(model, units)
+    select_some(units, masks)
+    unit, candidates = units[5], torch.arange(12)
+    counts = torch.zeros(unit.size, dtype=torch.long)
+    counts[:4] = 1
+    masks.set_counts(unit.name, counts)
+    reference = PlainEvaluator(model, masks).losses(unit, counts, candidates, batch(8))
+    twin = make_model("mobilenet_v2")  # not a deepcopy: that would copy the hooks too
+    twin_masks = Masks(twin, units)
+    for name, w in masks.weights.items():
+        twin_masks.set_weights(name, w)
+    fast = FastEvaluator(twin, splitter("mobilenet_v2", twin), 32, channels_last=True)
+    torch.testing.assert_close(fast.losses(unit, counts, candidates, batch(8)), reference,
+                               rtol=RTOL, atol=0)
