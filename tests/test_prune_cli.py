@@ -149,3 +149,35 @@ def test_baseline_methods_from_the_command_line_match_a_greedy_run(tmp_path):
     with pytest.raises(ValueError, match="--match-kept"):
         prune_cli.run("mobilenet_v2", tiny(tmp_path / "bad2", "--width", "0.5",
                                            "--match-kept", str(greedy / "pruned.pth")))
+
+
+def test_a_killed_process_resumes_to_the_uninterrupted_selection(tmp_path):
+    """A real SIGKILL mid-run: only completed units survive, --resume finishes identically."""
+    import signal
+    import time
+
+    argv = tiny(tmp_path / "killed", "--width", "0.5", "--stop", "fraction",
+                "--keep-fraction", "0.06")
+    script = [sys.executable, str(ROOT / "mobile2_prune.py")]
+    process = subprocess.Popen([*script, *argv], cwd=ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:  # kill right after the third unit's checkpoint
+        if line.startswith("features.3.hidden: kept"):
+            state = tmp_path / "killed" / prune_cli.STATE_FILE
+            deadline = time.time() + 60
+            while not state.exists() or len(load(state)["completed"]) < 3:
+                assert time.time() < deadline
+                time.sleep(0.05)
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "pruned.pth").exists()
+    resumed = subprocess.run([*script, *argv, "--resume"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after" in resumed.stdout
+    prune_cli.run("mobilenet_v2", tiny(tmp_path / "straight", "--width", "0.5", "--stop",
+                                       "fraction", "--keep-fraction", "0.06"))
+    a, b = load(tmp_path / "straight" / "pruned.pth"), load(tmp_path / "killed" / "pruned.pth")
+    assert a["cfg"] == b["cfg"]
