@@ -1,0 +1,292 @@
+"""Benchmark of the candidate evaluators of greedy forward selection (tracker issue 6).
+
+    python scripts/bench_select.py                 # GPU at 224 px if CUDA is available
+    python scripts/bench_select.py --device cpu    # CPU, one thread, 64 px (about 5 minutes)
+
+Prints one table: for an early, a middle and a late unit of MobileNetV2 and of ResNet34, the
+time of one greedy step (all N candidates of the unit) and candidates per second for
+
+    plain        one full forward per candidate (``PlainEvaluator``, the released code's way)
+    +prefix      the block's input computed once per step (``PrefixCachedEvaluator``)
+    +additive    candidate k as a rank-one update of the consumer output, one tail per candidate
+    +batched     candidates stacked along the batch (on GPU also bf16 autocast, channels_last)
+    shortlist    linear scores of all N candidates, exact losses of the top K only
+
+Step times of plain/+prefix/+additive are the time per candidate (measured on a few
+candidates; their cost is exactly linear in the candidate count) times N; +batched is timed on
+two full passes and scaled to N (which counts its per-step prefix once per pass: conservative);
+the shortlist step is timed whole. Then the fidelity of the shortlist: a MobileNetV2 (width 0.5,
+32 px) briefly trained on the synthetic dataset is pruned (all 17 hidden units, a fixed kept
+fraction) by exact greedy while recording at every step whether the shortlist would have picked
+the same channel; a second selection with the shortlist gives its final loss. The last line is
+the speed-up of a whole MobileNetV2 selection (all 17 hidden units) over the plain evaluator,
+estimated as sum_u N_u * N_u * t_plain / sum_u N_u * T_u (t_plain: plain time per candidate,
+the same for every unit; T_u: measured step time of unit u), i.e. assuming every unit keeps the
+same fraction of its channels, so that unit u takes a number of steps proportional to N_u.
+
+On CPU the script runs single-threaded with glibc's allocator told to keep its buffers
+(MALLOC_MMAP_MAX_=0, MALLOC_TRIM_THRESHOLD_): it restarts itself with them if they are not set.
+"""
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torchvision_compat  # noqa: E402, F401
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+import data  # noqa: E402
+import models  # noqa: E402
+from models.suffix import splitter  # noqa: E402
+from pruning.evaluators import CandidateEvaluator, PlainEvaluator  # noqa: E402
+from pruning.fast_evaluators import (  # noqa: E402
+    FastEvaluator,
+    PrefixCachedEvaluator,
+    default_samples_per_pass,
+)
+from pruning.masks import Masks  # noqa: E402
+from pruning.selection import SelectionSettings, greedy_forward_selection  # noqa: E402
+from pruning.shortlist import ShortlistEvaluator, shortlist  # noqa: E402
+from pruning.stop import MaxFraction  # noqa: E402
+
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+TABLE_UNITS = {"mobilenet_v2": ("features.2.hidden", "features.9.hidden", "features.17.hidden"),
+               "resnet34": ("layer1.0.inner", "layer3.0.inner", "layer4.2.inner")}
+SLOW_CANDIDATES = 4  # candidates timed for the one-forward-per-candidate rungs
+NUM_CLASSES = 1000
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--image-size", type=int, help="default: 224 on GPU, 64 on CPU")
+    p.add_argument("--batch-size", type=int, help="mini-batch per step (default: 128 GPU, 32 CPU)")
+    p.add_argument("--shortlist", type=int, default=16, help="K of the shortlist rung")
+    p.add_argument("--fidelity-fraction", type=float,
+                   help="kept fraction of each unit in the fidelity run (default: 0.3 GPU, "
+                        "0.05 CPU)")
+    p.add_argument("--fidelity-batch-size", type=int,
+                   help="mini-batch of the fidelity run (default: 128 GPU, 16 CPU)")
+    args = p.parse_args()
+    args.device = torch.device(args.device)
+    gpu = args.device.type == "cuda"
+    args.image_size = args.image_size or (224 if gpu else 64)
+    args.batch_size = args.batch_size or (128 if gpu else 32)
+    args.fidelity_fraction = args.fidelity_fraction or (0.3 if gpu else 0.05)
+    args.fidelity_batch_size = args.fidelity_batch_size or (128 if gpu else 16)
+    return args
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+class Rig:
+    """One randomly initialized network (speed does not depend on the weights) and its evaluators.
+
+    The batched rung gets its own copy on GPU, because channels_last converts the model.
+    """
+
+    def __init__(self, arch: str, args: argparse.Namespace):
+        self.arch, self.args = arch, args
+        gpu = args.device.type == "cuda"
+        self.model = models.build(arch, 1.0, NUM_CLASSES).to(args.device).eval()
+        self.units = models.prunable_units(arch, self.model)
+        self.masks = Masks(self.model, self.units)
+        splits = splitter(arch, self.model)
+        fast_model = self.model
+        if gpu:
+            fast_model = models.build(arch, 1.0, NUM_CLASSES).to(args.device).eval()
+            fast_model.load_state_dict(self.model.state_dict())
+            Masks(fast_model, self.units)  # dense, like the reference model's masks
+        per_pass = default_samples_per_pass(args.device)
+        self.per_pass = max(1, per_pass // args.batch_size)
+        batched = FastEvaluator(fast_model, splitter(arch, fast_model), per_pass,
+                                amp=torch.bfloat16 if gpu else None, channels_last=gpu)
+        self.rungs = {
+            "plain": PlainEvaluator(self.model, self.masks),
+            "+prefix": PrefixCachedEvaluator(self.model, self.masks, splits),
+            "+additive": FastEvaluator(self.model, splits, 1),
+            "+batched": batched,
+            f"shortlist K={args.shortlist}": ShortlistEvaluator(batched, args.shortlist),
+        }
+        generator = torch.Generator().manual_seed(0)
+        self.batch = (torch.randn(args.batch_size, 3, args.image_size, args.image_size,
+                                  generator=generator).to(args.device),
+                      torch.randint(0, NUM_CLASSES, (args.batch_size,),
+                                    generator=generator).to(args.device))
+
+    def step_time(self, rung: str, unit) -> float:
+        """Seconds of one greedy step over all N candidates of ``unit`` (see module docstring)."""
+        evaluator = self.rungs[rung]
+        counts = torch.zeros(unit.size, dtype=torch.long)
+        counts[torch.randperm(unit.size, generator=torch.Generator().manual_seed(1))
+               [: unit.size // 4]] = 1  # a selection in progress
+        everything = torch.arange(unit.size)
+        if rung.startswith("shortlist"):
+            measured = everything
+        elif rung == "+batched":
+            measured = everything[: 2 * self.per_pass]
+        else:
+            measured = everything[:SLOW_CANDIDATES]
+        evaluator.losses(unit, counts, measured[:2], self.batch)  # warm-up
+        t = seconds(lambda: evaluator.losses(unit, counts, measured, self.batch))
+        return t * unit.size / len(measured)
+
+
+def speed_rows(args: argparse.Namespace) -> tuple[list[tuple], tuple[float, float]]:
+    rows, whole = [], (0.0, 0.0)
+    for arch in ("mobilenet_v2", "resnet34"):
+        rig = Rig(arch, args)
+        by_name = {u.name: u for u in rig.units}
+        plain_per_candidate = []
+        for name in TABLE_UNITS[arch]:
+            unit = by_name[name]
+            times = {}
+            for rung in rig.rungs:
+                times[rung] = rig.step_time(rung, unit)
+                log(f"{arch} {name} {rung}: {times[rung]:.3f} s/step")
+            plain_per_candidate.append(times["plain"] / unit.size)
+            for rung, t in times.items():
+                rows.append((arch, name, unit.size, rung, t, unit.size / t, times["plain"] / t))
+        if arch == "mobilenet_v2":
+            whole = whole_selection(rig, sum(plain_per_candidate) / len(plain_per_candidate))
+    return rows, whole
+
+
+def whole_selection(rig: Rig, plain_per_candidate: float) -> tuple[float, float]:
+    """Speed-ups of exact greedy (+batched) and of the shortlist over plain, all 17 units."""
+    plain = exact = short = 0.0
+    shortlist_rung = next(r for r in rig.rungs if r.startswith("shortlist"))
+    for unit in rig.units:
+        plain += unit.size * unit.size * plain_per_candidate
+        exact += unit.size * rig.step_time("+batched", unit)
+        short += unit.size * rig.step_time(shortlist_rung, unit)
+        log(f"whole selection: {unit.name} timed")
+    return plain / exact, plain / short
+
+
+class Fidelity:
+    """Exact greedy that records, at each step, whether the shortlist would pick the same."""
+
+    def __init__(self, fast: FastEvaluator, k: int):
+        self.fast, self.k = fast, k
+        self.steps = self.agree = 0
+
+    def losses(self, unit, counts, candidates, batch):
+        exact = self.fast.losses(unit, counts, candidates, batch)
+        scores = self.fast.linear_scores(unit, counts, candidates, batch)
+        listed = shortlist(scores, self.k)
+        self.steps += 1
+        self.agree += int(listed[torch.argmin(exact[listed])]) == int(torch.argmin(exact))
+        return exact
+
+
+def fidelity(args: argparse.Namespace) -> dict:
+    """Shortlist vs exact greedy on a trained MobileNetV2 (width 0.5, 32 px, synthetic data)."""
+    device, size = args.device, 32
+    torch.manual_seed(0)
+    train = data.SyntheticPatterns(4096, 10, size, "train", seed=0, augment=False, noise=0.5)
+    val = data.SyntheticPatterns(512, 10, size, "val", seed=0, noise=0.5)
+    x = torch.stack([train[i][0] for i in range(len(train))]).to(device)
+    y = torch.tensor(train.targets, device=device)
+    held_out = (torch.stack([val[i][0] for i in range(len(val))]).to(device),
+                torch.tensor(val.targets, device=device))
+    model = models.build("mobilenet_v2", 0.5, 10).to(device)
+    steps, generator = 150, torch.Generator().manual_seed(0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (64,), generator=generator).to(device)
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x[idx]), y[idx]).backward()
+        optimizer.step()
+        schedule.step()
+    model.eval()
+
+    def val_loss() -> tuple[float, float]:
+        with torch.no_grad():
+            logits = model(held_out[0])
+        return (F.cross_entropy(logits, held_out[1]).item(),
+                (logits.argmax(1) == held_out[1]).float().mean().item())
+
+    dense = val_loss()
+    log(f"fidelity: trained network, val loss {dense[0]:.3f}, top-1 {100 * dense[1]:.1f}%")
+    units = models.prunable_units("mobilenet_v2", model)
+    masks = Masks(model, units)
+    fast = FastEvaluator(model, splitter("mobilenet_v2", model),
+                         default_samples_per_pass(device))
+
+    def batches():
+        stream = torch.Generator().manual_seed(1)
+        while True:
+            idx = torch.randint(0, len(x), (args.fidelity_batch_size,), generator=stream)
+            yield x[idx.to(device)], y[idx.to(device)]
+
+    def select(evaluator: CandidateEvaluator) -> tuple[tuple[float, float], float]:
+        for unit in units:
+            masks.set_counts(unit.name, torch.ones(unit.size, dtype=torch.long))
+        start = time.perf_counter()
+        greedy_forward_selection(units, masks, evaluator, batches(),
+                                 MaxFraction(args.fidelity_fraction), SelectionSettings())
+        return val_loss(), time.perf_counter() - start
+
+    recorder = Fidelity(fast, args.shortlist)
+    exact, exact_s = select(recorder)
+    log(f"fidelity: exact selection done in {exact_s:.0f} s")
+    short, short_s = select(ShortlistEvaluator(fast, args.shortlist))
+    return {"steps": recorder.steps, "agree": recorder.agree, "dense": dense, "exact": exact,
+            "short": short, "exact_s": exact_s, "short_s": short_s}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (bf16 autocast, channels_last in +batched)"
+    return f"cpu, {torch.get_num_threads()} thread, fp32"
+
+
+def main() -> None:
+    args = parse_args()
+    if args.device.type == "cpu":
+        missing = {k: v for k, v in MALLOC_ENV.items() if os.environ.get(k) != v}
+        if missing:
+            os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
+        torch.set_num_threads(1)
+    start = time.perf_counter()
+    rows, (exact_speedup, short_speedup) = speed_rows(args)
+    fid = fidelity(args)
+    k = args.shortlist
+    print(f"Greedy step time, {args.image_size} px, batch {args.batch_size}, "
+          f"device: {device_name(args.device)}")
+    print(f"{'arch':<13}{'unit':<19}{'N':>5}  {'evaluator':<14}{'step s':>10}{'cand/s':>10}"
+          f"{'speed-up':>10}")
+    for arch, name, n, rung, t, rate, speedup in rows:
+        print(f"{arch:<13}{name:<19}{n:>5}  {rung:<14}{t:>10.3f}{rate:>10.1f}{speedup:>9.1f}x")
+    print(f"shortlist fidelity (MobileNetV2 w0.5, 32 px, trained on synthetic data; 17 hidden "
+          f"units, {args.fidelity_fraction:.0%} kept, batch {args.fidelity_batch_size}): "
+          f"top-{k} pick = exact argmin in {fid['agree']}/{fid['steps']} steps "
+          f"({fid['agree'] / fid['steps']:.1%}); val loss dense {fid['dense'][0]:.4f}, "
+          f"exact greedy {fid['exact'][0]:.4f}, shortlist {fid['short'][0]:.4f} "
+          f"(top-1 {100 * fid['dense'][1]:.1f}/{100 * fid['exact'][1]:.1f}/"
+          f"{100 * fid['short'][1]:.1f}%); selection {fid['exact_s']:.0f} s exact, "
+          f"{fid['short_s']:.0f} s shortlist")
+    print(f"whole MobileNetV2 selection (17 hidden units, steps proportional to N): exact greedy "
+          f"{exact_speedup:.1f}x, shortlist K={k} {short_speedup:.1f}x faster than plain; "
+          f"device {device_name(args.device)}; benchmark took {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
