@@ -13,11 +13,13 @@ rule's verdict) is taken from rank 0, so floating-point nondeterminism on one GP
 the ranks disagree about a selection or about when a unit ends.
 """
 
+from collections.abc import Callable
+
 import torch
 import torch.distributed as dist
 
 from pruning.metrics import Batch
-from pruning.shortlist import ScoringEvaluator
+from pruning.fast_evaluators import FastEvaluator
 from pruning.stop import StopRule
 from pruning.units import Unit
 
@@ -40,17 +42,27 @@ class CandidatePartition:
     Needs an initialized default process group and the same ``batch`` on every rank.
     """
 
-    def __init__(self, inner: ScoringEvaluator):
+    def __init__(self, inner: FastEvaluator):
         self.inner = inner
 
     def losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
                batch: Batch) -> torch.Tensor:
+        return self._partitioned(self.inner.losses, unit, counts, candidates, batch)
+
+    def removal_losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
+                       batch: Batch) -> torch.Tensor:
+        """The same partition for greedy backward elimination."""
+        return self._partitioned(self.inner.removal_losses, unit, counts, candidates, batch)
+
+    @staticmethod
+    def _partitioned(score: Callable[..., torch.Tensor], unit: Unit, counts: torch.Tensor,
+                     candidates: torch.Tensor, batch: Batch) -> torch.Tensor:
         world, rank = dist.get_world_size(), dist.get_rank()
         share = -(-len(candidates) // world)  # ceil
         mine = candidates[rank * share:(rank + 1) * share]
         local = torch.full((share,), float("inf"), dtype=torch.float64)
         if len(mine):
-            local[:len(mine)] = self.inner.losses(unit, counts, mine, batch)
+            local[:len(mine)] = score(unit, counts, mine, batch)
         device = _comm_device()
         gathered = [torch.empty(share, dtype=torch.float64, device=device) for _ in range(world)]
         dist.all_gather(gathered, local.to(device))

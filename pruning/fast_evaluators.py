@@ -163,11 +163,13 @@ class FastEvaluator:
             return out
         return out + conv.bias.to(out.dtype).view(1, -1, 1, 1)
 
-    def _contributions(self, step: _Step, base: Tensor, scale: float, ks: Tensor) -> Tensor:
-        """scale * (base + contribution of channel k) for each k in ``ks``: (len(ks) * B) rows.
+    def _contributions(self, step: _Step, base: Tensor, scale: float, sign: int,
+                       ks: Tensor) -> Tensor:
+        """scale * (base + sign * contribution of channel k) for each k in ``ks``.
 
-        For a 1x1 consumer the contribution is the outer product W[:, k] h_k; for a larger
-        kernel, channel k alone through the conv (one grouped conv for the whole chunk); with no
+        Returns the len(ks) consumer outputs stacked along the batch (len(ks) * B rows). For a
+        1x1 consumer the contribution is the outer product W[:, k] h_k; for a larger kernel,
+        channel k alone through the conv (one grouped conv for the whole chunk); with no
         consumer, h_k placed in channel k.
         """
         c, h, conv = len(ks), step.h, step.split.consumer
@@ -175,33 +177,45 @@ class FastEvaluator:
         if conv is None:
             out = base.unsqueeze(0).repeat(c, 1, 1, 1, 1)
             rows = torch.arange(c, device=h.device)
-            out[rows, :, ks] += picked.transpose(0, 1)
+            out[rows, :, ks] += sign * picked.transpose(0, 1)
             return (out * scale).flatten(0, 1)
         weight = conv.weight.index_select(1, ks).to(base.dtype)  # (Cout, c, kh, kw)
         pointwise = (conv.kernel_size == (1, 1) and conv.stride == (1, 1)
                      and conv.padding == (0, 0))
         if pointwise:
-            columns = weight.flatten(1).t() * scale  # (c, Cout)
+            columns = weight.flatten(1).t() * (sign * scale)  # (c, Cout)
             out = torch.addcmul((base * scale).unsqueeze(0),
                                 columns[:, None, :, None, None],
                                 picked.transpose(0, 1)[:, :, None])
             return out.flatten(0, 1)
-        grouped = weight.transpose(0, 1).reshape(-1, 1, *weight.shape[2:])
+        grouped = weight.transpose(0, 1).reshape(-1, 1, *weight.shape[2:]) * sign
         single = F.conv2d(picked, grouped, None, conv.stride, conv.padding, conv.dilation, c)
         single = single.unflatten(1, (c, -1)) + base.unsqueeze(1)  # (B, c, Cout, H', W')
         return (single * scale).transpose(0, 1).flatten(0, 1)
 
-    @torch.no_grad()
     def losses(self, unit: Unit, counts: Tensor, candidates: Tensor, batch: Batch) -> Tensor:
+        """Loss with ``counts + e_k`` for each candidate k (greedy forward selection)."""
+        return self._trial_losses(unit, counts, candidates, batch, +1)
+
+    def removal_losses(self, unit: Unit, counts: Tensor, candidates: Tensor,
+                       batch: Batch) -> Tensor:
+        """Loss with ``counts - e_k`` for each k (greedy backward elimination): the same update
+        with the sign of the contribution and |S| - 1 in the scale."""
+        return self._trial_losses(unit, counts, candidates, batch, -1)
+
+    @torch.no_grad()
+    def _trial_losses(self, unit: Unit, counts: Tensor, candidates: Tensor, batch: Batch,
+                      sign: int) -> Tensor:
         device = batch[0].device
         with self._autocast(device):
             step = self._prepare(unit, batch)
             base = self._mix(step, counts.to(device, torch.float32))
-            scale = unit.size / (int(counts.sum()) + 1)
+            total = int(counts.sum()) + sign
+            scale = unit.size / total if total > 0 else 0.0  # nothing left: the unit gives 0
             per_pass = max(1, self.samples_per_pass // step.y.shape[0])
             parts = []
             for ks in _chunks(candidates.to(device), per_pass):
-                out = self._with_bias(step, self._contributions(step, base, scale, ks))
+                out = self._with_bias(step, self._contributions(step, base, scale, sign, ks))
                 parts.append(stacked_losses(step.split.tail(step.skip, self._layout(out)),
                                             step.y))
         return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)

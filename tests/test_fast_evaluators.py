@@ -102,24 +102,35 @@ def test_every_unit_gets_the_plain_losses(arch, kind):
             got = evaluator.losses(unit, counts, candidates, step_batch)
             torch.testing.assert_close(got, reference, rtol=RTOL, atol=0)
             assert torch.equal(masks.weights[unit.name], before)  # the mask is left as it was
+        selected = torch.nonzero(counts).flatten()  # backward elimination: S - {k}
+        torch.testing.assert_close(
+            stacked.removal_losses(unit, counts, selected, step_batch),
+            plain.removal_losses(unit, counts, selected, step_batch), rtol=RTOL, atol=0)
         kinds_seen.add((unit.side, splits(unit).consumer is None))
         masks.set_weights(unit.name, others)
     assert kinds_seen == ({("input", False), ("output", True)} if arch == "mobilenet_v2"
                           else {("input", False)})
 
 
-def test_first_step_from_an_empty_selection():
+def test_first_selection_and_last_removal_where_the_unit_is_empty():
     model = make_model("mobilenet_v2")
     units = models.prunable_units("mobilenet_v2", model, "hidden+outputs")
     masks = Masks(model, units)
     splits = splitter("mobilenet_v2", model)
+    plain, fast = PlainEvaluator(model, masks), FastEvaluator(model, splits)
     for unit in (units[0], units[2]):  # block 1's hidden unit (prefix = input), an output unit
         empty = torch.zeros(unit.size, dtype=torch.long)
         masks.set_counts(unit.name, empty)
         candidates = torch.arange(unit.size)
-        reference = PlainEvaluator(model, masks).losses(unit, empty, candidates, batch(4))
-        got = FastEvaluator(model, splits).losses(unit, empty, candidates, batch(4))
-        torch.testing.assert_close(got, reference, rtol=RTOL, atol=0)
+        torch.testing.assert_close(fast.losses(unit, empty, candidates, batch(4)),
+                                   plain.losses(unit, empty, candidates, batch(4)),
+                                   rtol=RTOL, atol=0)
+        one = torch.zeros(unit.size, dtype=torch.long)
+        one[3] = 1
+        masks.set_counts(unit.name, one)
+        torch.testing.assert_close(fast.removal_losses(unit, one, torch.tensor([3]), batch(4)),
+                                   plain.removal_losses(unit, one, torch.tensor([3]), batch(4)),
+                                   rtol=RTOL, atol=0)
 
 
 class Batches:
