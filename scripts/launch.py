@@ -1,0 +1,370 @@
+"""What the table launchers share: the runs they start, how they start them, their tables.
+
+Each launcher (``table1.py``, ``table2.py``, ``table3.py``, ``table5_backward.py``,
+``pretraining.py``) lists its runs as :class:`Step` s (one call of a prune or fine-tune script
+with its own ``--output-dir`` under ``runs/<table>/<row>/``), runs the missing ones, and ends by
+building ``runs/<table>/table.md`` from the runs' ``summary.json`` files alone.
+
+Why it is built this way:
+
+* A step is done when its ``summary.json`` exists (both scripts write it last), so a launcher can
+  be stopped and started again: finished steps are skipped, and every step is started with
+  ``--resume``, so an interrupted prune or fine-tune continues where it stopped. A finished step
+  made with other arguments is refused rather than silently reused (``launch.json`` records
+  them). Tables 1, 2 and 5 share Table 1's epsilon sweep this way: the same pruned networks are
+  found by whichever launcher runs first and reused by the others.
+* ``--dry-run`` prints every command and runs nothing; steps that depend on results not yet
+  there (the sweep's MACs decide which pruned networks are fine-tuned) are described instead.
+* ``--smoke`` is the whole pipeline in miniature on the synthetic dataset on a CPU (tiny images,
+  MobileNetV2 width 0.5, few candidates per greedy step, one fine-tune epoch), used by the tests.
+  Its steps run inside the launcher's process (``runpy``), because starting Python and importing
+  torch for each of dozens of tiny steps would cost more than the steps. Full runs start every
+  step as its own process, under ``torchrun`` for training with ``--nproc-per-node`` > 1, so a
+  long GPU run leaves nothing behind for the next one.
+* MAC targets are compared as fractions of the dense network's MACs (the paper's count over the
+  paper's dense count), so the same rule picks runs at 224 px on ImageNet and in a smoke run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import runpy
+import shlex
+import subprocess
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the repository's modules, for steps run in this process
+    sys.path.insert(0, str(ROOT))
+
+ARCHS = ("mobilenet_v2", "resnet34")
+PRUNE_SCRIPT = {"mobilenet_v2": "mobile2_prune.py", "resnet34": "resnet34_prune.py"}
+TRAIN_SCRIPT = {"mobilenet_v2": "mobile2_finetune.py", "resnet34": "resnet34_finetune.py"}
+SHORT = {"mobilenet_v2": "mbv2", "resnet34": "resnet34"}
+SUMMARY = "summary.json"
+RECORD = "launch.json"
+#: Flags that change how a step runs but not what it computes (flag -> number of values).
+RUN_ONLY = {"--workers": 1, "--device": 1, "--no-progress": 0, "--resume": 0}
+
+#: Table 1's epsilon sweep, shared with Tables 2 and 5. The paper does not give the epsilon of
+#: each row; Wolfe et al. (2023) report 0.02 -> 60% and 0.05 -> 40% of MobileNetV2's MACs, 0.05
+#: -> 60% and 0.08 -> 40% of ResNet34's, so these lists bracket the paper's MAC targets.
+SWEEP_EPSILONS = {
+    "mobilenet_v2": (0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1),
+    "resnet34": (0.02, 0.03, 0.05, 0.08),
+}
+SMOKE_EPSILONS = {"mobilenet_v2": (0.3, 1.0), "resnet34": (1.0,)}
+#: The paper's dense MACs (Table 1's "Full Model" rows), the unit of its MAC targets.
+PAPER_DENSE_MACS = {"mobilenet_v2": 314e6, "resnet34": 3.68e9}
+
+
+class StepFailed(RuntimeError):
+    """A step exited with an error, or its output directory holds another run."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One call of a repository script; done once ``out/summary.json`` exists."""
+
+    script: str
+    args: tuple[str, ...]
+    out: Path
+    resumable: bool = True  # --evaluate-only takes no --resume
+
+    @property
+    def argv(self) -> list[str]:
+        argv = [*self.args, "--output-dir", str(self.out)]
+        return [*argv, "--resume"] if self.resumable else argv
+
+    @property
+    def trains(self) -> bool:
+        return self.script in TRAIN_SCRIPT.values()
+
+    def record(self) -> dict[str, Any]:
+        """What the step computes: its script and arguments without the run-only flags."""
+        kept, skip = [], 0
+        for arg in self.argv:
+            if skip:
+                skip -= 1
+            elif arg in RUN_ONLY:
+                skip = RUN_ONLY[arg]
+            else:
+                kept.append(arg)
+        return {"script": self.script, "args": kept}
+
+    def done(self) -> bool:
+        if not (self.out / SUMMARY).exists():
+            return False
+        path = self.out / RECORD
+        if path.exists() and json.loads(path.read_text()) != self.record():
+            raise StepFailed(f"{self.out} holds a finished run made with other arguments (see "
+                             f"{path}); remove it or choose another --runs-dir")
+        return True
+
+    def summary(self) -> dict[str, Any] | None:
+        """The step's summary.json, or None while it has not run."""
+        path = self.out / SUMMARY
+        return json.loads(path.read_text()) if path.exists() else None
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    """The options every launcher has."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--smoke", action="store_true",
+                   help="a tiny version on the synthetic dataset on the CPU (minutes)")
+    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--runs-dir", type=Path, default=None,
+                   help="root of the runs (default: runs, or runs/smoke with --smoke)")
+    p.add_argument("--data-path", help="dataset root (ImageNet train/ and val/ folders, or the "
+                                       "CIFAR-10 batches); required unless --smoke")
+    p.add_argument("--nproc-per-node", type=int, default=1,
+                   help="processes per training step (torchrun), e.g. one per GPU")
+    return p
+
+
+class Context:
+    """The mode of one launcher call and the steps it builds and runs."""
+
+    def __init__(self, table: str, args: argparse.Namespace, dataset: str = "imagenet"):
+        if args.nproc_per_node < 1:
+            raise SystemExit(f"error: --nproc-per-node must be >= 1, got {args.nproc_per_node}")
+        if not (args.smoke or args.dry_run or args.data_path):
+            raise SystemExit(f"error: --data-path is required for the {dataset} runs "
+                             "(or use --smoke, or --dry-run to see the commands)")
+        self.table = table
+        self.smoke = args.smoke
+        self.dry_run = args.dry_run
+        self.nproc = args.nproc_per_node
+        self.dataset = "synthetic" if args.smoke else dataset
+        self.data_path = args.data_path or "DATA_PATH"
+        self.runs = args.runs_dir or Path("runs/smoke" if args.smoke else "runs")
+
+    @property
+    def dir(self) -> Path:
+        return self.runs / self.table
+
+    # -- steps ----------------------------------------------------------------------------------
+
+    def data_args(self, arch: str, train: bool) -> list[str]:
+        if not self.smoke:
+            return ["--dataset", self.dataset, "--data-path", self.data_path]
+        args = ["--dataset", "synthetic", "--synthetic-images", "256",
+                "--image-size", "32" if arch == "mobilenet_v2" else "16",
+                "--workers", "0", "--no-progress", "--device", "cpu"]
+        return [*args, "--synthetic-val-images", "128"] if train else args
+
+    @property
+    def width(self) -> float:
+        """The MobileNetV2 of Tables 1, 2 and 5: width 1.0, or the tiny 0.5 with --smoke."""
+        return 0.5 if self.smoke else 1.0
+
+    def prune(self, arch: str, out: Path, pretrained: str, *extra: str,
+              width: float | None = None) -> Step:
+        """A prune step: the paper's selection settings, or tiny ones with --smoke; MobileNetV2
+        at ``width`` (default :attr:`width`)."""
+        args = [*self.data_args(arch, train=False), "--pretrained", pretrained]
+        if arch == "mobilenet_v2":
+            args += ["--width", str(width or self.width)]
+        if self.smoke:
+            args += ["--batch-size", "8", "--eval-images", "16", "--eval-batch-size", "16",
+                     "--candidates", "2"]
+        return Step(PRUNE_SCRIPT[arch], (*args, *extra), out)
+
+    def train(self, arch: str, out: Path, *extra: str, resumable: bool = True) -> Step:
+        """A fine-tune / re-train / dense training step; the script's defaults are the paper's
+        fine-tuning recipe, ``extra`` overrides them (with --smoke: batch 32 unless given)."""
+        args = self.data_args(arch, train=True)
+        if self.smoke and "--batch-size" not in extra:
+            args += ["--batch-size", "32"]
+        return Step(TRAIN_SCRIPT[arch], (*args, *extra), out, resumable)
+
+    def finetune(self, arch: str, prune: Step, out: Path, epochs: int | None,
+                 *extra: str) -> Step:
+        """Fine-tune the network pruned by ``prune`` (``epochs`` None: the paper's 150)."""
+        if epochs is None and self.smoke:
+            epochs = 1
+        more = ["--epochs", str(epochs)] if epochs is not None else []
+        return self.train(arch, out, "--pruned", str(prune.out / "pruned.pth"), *more, *extra)
+
+    def evaluate(self, arch: str, pretrained: str, out: Path, width: float | None = None) -> Step:
+        """The dense pretrained network's validation accuracy (a table's "Full model" row)."""
+        extra = ["--width", str(width or self.width)] if arch == "mobilenet_v2" else []
+        return self.train(arch, out, "--pretrained", pretrained, *extra, "--evaluate-only",
+                          resumable=False)
+
+    def dense(self, arch: str, given: str | None, width: float | None = None) -> str:
+        """The weights to prune: ``given``, torchvision's ImageNet weights, or with --smoke a
+        short dense training on the synthetic data (so that pruning acts on a trained model),
+        shared by all launchers under ``<runs-dir>/dense/``."""
+        width = width or self.width
+        if given:
+            return given
+        if not self.smoke:
+            if arch == "mobilenet_v2" and width != 1.0:
+                raise SystemExit(f"error: give the pretrained MobileNetV2 x{width} weights "
+                                 "(torchvision has width 1.0 only)")
+            return "IMAGENET1K_V1"
+        step = smoke_dense_step(self, arch, width)
+        self.run([step])
+        return str(step.out / "last.pth")
+
+    # -- running --------------------------------------------------------------------------------
+
+    def command(self, step: Step) -> list[str]:
+        if step.trains and self.nproc > 1:
+            return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc_per_node={self.nproc}", step.script, *step.argv]
+        return [sys.executable, step.script, *step.argv]
+
+    def run(self, steps: Iterable[Step]) -> None:
+        """Print each step's command; run it unless it is done or this is a dry run."""
+        for step in steps:
+            line = shlex.join(self.command(step))
+            if step.done():
+                print(f"# done, skipped: {line}", flush=True)
+                continue
+            print(f"$ {line}", flush=True)
+            if self.dry_run:
+                continue
+            step.out.mkdir(parents=True, exist_ok=True)
+            (step.out / RECORD).write_text(json.dumps(step.record(), indent=1) + "\n")
+            if self.smoke:
+                run_in_process(step)
+            else:
+                code = subprocess.run(self.command(step), cwd=ROOT).returncode
+                if code:
+                    raise StepFailed(f"{step.script} exited with status {code}")
+            if not (step.out / SUMMARY).exists():
+                raise StepFailed(f"{step.script} wrote no {step.out / SUMMARY}")
+
+    def note(self, text: str) -> None:
+        """A line in the command log about steps that cannot be listed yet."""
+        print(f"# {text}", flush=True)
+
+    def write_table(self, sections: Sequence[tuple[str, str]]) -> Path | None:
+        """Write ``<runs-dir>/<table>/table.md`` from (title, markdown) sections and print it;
+        nothing with --dry-run."""
+        if self.dry_run:
+            return None
+        text = "\n".join(f"## {title}\n\n{body}\n" for title, body in sections)
+        path = self.dir / "table.md"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"\n{text}\nwrote {path}", flush=True)
+        return path
+
+
+def run_in_process(step: Step) -> None:
+    """Run the script as ``python script argv`` would, inside this process."""
+    saved = sys.argv
+    sys.argv = [step.script, *step.argv]
+    try:
+        runpy.run_path(str(ROOT / step.script), run_name="__main__")
+    except SystemExit as exit_:
+        if exit_.code not in (None, 0):
+            raise StepFailed(f"{step.script} failed: {exit_.code}") from None
+    finally:
+        sys.argv = saved
+
+
+def smoke_dense_step(ctx: Context, arch: str, width: float) -> Step:
+    """A short dense training on the synthetic data: the smoke runs' "pretrained" network, so
+    that their pruning starts from trained weights (a few epochs: only a little above chance)."""
+    name = f"{arch}-w{width}" if arch == "mobilenet_v2" else arch
+    extra = ["--width", str(width)] if arch == "mobilenet_v2" else []
+    return ctx.train(arch, ctx.runs / "dense" / name, *extra, "--epochs", "5", "--lr", "0.01",
+                     "--lr-schedule", "cosine")
+
+
+def main(build: Any) -> None:
+    """Run a launcher's ``build()``; a failed step ends it with the step's message."""
+    try:
+        build()
+    except StepFailed as error:
+        sys.exit(f"error: {error}")
+
+
+# -- the epsilon sweep shared by Tables 1, 2 and 5 -------------------------------------------------
+
+
+def sweep_row(ctx: Context, arch: str, epsilon: float) -> Path:
+    return ctx.runs / "table1" / f"{SHORT[arch]}-greedy-eps{epsilon:g}"
+
+
+def sweep(ctx: Context, arch: str, epsilons: Sequence[float], pretrained: str) -> list[Step]:
+    """Prune ``arch`` by greedy forward selection at every epsilon (Table 1's sweep); runs the
+    missing ones and returns the prune steps."""
+    steps = [ctx.prune(arch, sweep_row(ctx, arch, e) / "prune", pretrained, "--epsilon", f"{e:g}")
+             for e in epsilons]
+    ctx.run(steps)
+    return steps
+
+
+def nearest(steps: Sequence[Step], fraction: float) -> Step | None:
+    """The finished prune step whose MACs, as a fraction of its dense MACs, are nearest."""
+    done = [(s, s.summary()) for s in steps]
+    done = [(s, m) for s, m in done if m is not None]
+    if not done:
+        return None
+    return min(done, key=lambda sm: abs(sm[1]["macs"] / sm[1]["dense_macs"] - fraction))[0]
+
+
+def epsilon_list(text: str) -> tuple[float, ...]:
+    """``--...-epsilons 0.01,0.02``."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers like 0.01,0.02, got {text!r}") from None
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"epsilons must be > 0, got {text!r}")
+    return values
+
+
+# -- table cells ---------------------------------------------------------------------------------
+
+
+def macs(value: float | None) -> str:
+    if value is None:
+        return "—"
+    return f"{value / 1e9:.2f}G" if value >= 1e9 else f"{value / 1e6:.1f}M"
+
+
+def params(value: float | None) -> str:
+    return "—" if value is None else f"{value / 1e6:.2f}M"
+
+
+def pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
+
+
+def row_name(step: Step | None) -> str:
+    """The row directory a step writes into (``runs/<table>/<row>/<step>``, or the row itself)."""
+    if step is None:
+        return "—"
+    return step.out.parent.name if step.out.name in ("prune", "finetune", "scratch") \
+        else step.out.name
+
+
+def markdown(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def sweep_table(steps: Sequence[tuple[str, str, Step]]) -> str:
+    """(arch, setting, prune step) -> the setting-to-MACs map, e.g. epsilon -> MACs."""
+    rows = []
+    for arch, setting, step in steps:
+        s = step.summary() or {}
+        frac = f"{s['macs'] / s['dense_macs']:.3f}" if s else "—"
+        kept = f"{s['kept_channels']}/{s['total_channels']}" if s else "—"
+        rows.append([arch, setting, macs(s.get("macs")), frac, params(s.get("params")),
+                     kept, pct(s.get("top1_pruned")), row_name(step)])
+    return markdown(["arch", "selection", "MACs", "of dense", "params", "kept channels",
+                     "top-1 after pruning (train subset)", "run"], rows)

@@ -1,0 +1,141 @@
+"""A table and a MACs-vs-top-1 plot of every run under a directory, from the runs' JSON alone.
+
+    python scripts/report.py runs/table1            # writes fig/table1.md, fig/table1_macs_top1.png
+
+The launchers write their own paper-shaped ``table.md``; this report is the generic view that
+needs nothing but the ``summary.json`` files the prune and fine-tune scripts write, so it works on
+any set of runs (also ones made by hand). A training run (fine-tune, re-training, dense training
+or evaluation: its summary has ``top1``) is labelled by how its network was obtained, read from
+the prune run its ``--pruned`` checkpoint came from: the selection method (greedy with its
+epsilon, backward, magnitude, random, uniform; "same kept channels" for ``--match-kept``) and
+whether it was fine-tuned or re-trained from scratch. Prune runs also get a table of their own
+(MACs and the selection's loss and top-1 on the training subset, before any training).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+MARKERS = "osD^v<>ph*"
+
+
+def load_runs(root: Path) -> tuple[list[dict], list[dict]]:
+    """(training runs, prune runs) under ``root``, each summary with its ``run`` directory."""
+    train, prune = [], []
+    for path in sorted(root.rglob("summary.json")):
+        summary = json.loads(path.read_text())
+        summary["run"] = path.parent
+        if "loss_pruned" in summary:
+            prune.append(summary)
+        elif "top1" in summary:
+            train.append(summary)
+    return train, prune
+
+
+def selection(prune: dict[str, Any]) -> str:
+    """How a prune run chose its channels, e.g. ``greedy, epsilon 0.05``."""
+    args = prune.get("args", {})
+    method = prune.get("method") or args.get("method", "greedy")
+    if args.get("match_kept") not in (None, "None"):
+        return f"{method}, same kept channels"
+    if args.get("stop") == "fraction":
+        return f"{method}, keep {args.get('keep_fraction')}"
+    if args.get("stop") == "top1_tol":
+        return f"{method}, top-1 tolerance {args.get('top1_tol')}"
+    return f"{method}, epsilon {args.get('epsilon')}"
+
+
+def label(run: dict[str, Any], prunes: dict[Path, dict]) -> tuple[str, str]:
+    """(row label, plot series) of a training run."""
+    args = run.get("args", {})
+    if not run.get("pruned"):
+        if run.get("epochs", 0) == 0:
+            return "dense (evaluated)", "dense"
+        return "dense (trained)", "dense"
+    source = prunes.get(Path(str(args.get("pruned"))).parent.resolve())
+    chosen = selection(source) if source else "pruned (selection run not found)"
+    method = chosen.split(",")[0]
+    if args.get("from_scratch"):
+        return f"{chosen}; re-trained from scratch", f"{method}, from scratch"
+    return f"{chosen}; fine-tuned", method
+
+
+def fmt_macs(value: float) -> str:
+    return f"{value / 1e9:.2f}G" if value >= 1e9 else f"{value / 1e6:.1f}M"
+
+
+def markdown(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
+
+
+def report(root: Path, out: Path, name: str | None = None) -> tuple[Path, Path]:
+    """Write ``<out>/<name>.md`` and ``<out>/<name>_macs_top1.png``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    name = name or root.resolve().name
+    train, prune = load_runs(root)
+    if not train and not prune:
+        raise SystemExit(f"error: no summary.json under {root}")
+    prunes = {p["run"].resolve(): p for p in prune}
+    labelled = sorted(((label(r, prunes), r) for r in train),
+                      key=lambda lr: (lr[0][1], -lr[1]["macs"]))
+    rows = [[text, fmt_macs(r["macs"]), f"{r['params'] / 1e6:.2f}M", f"{r['top1']:.2f}",
+             f"{r['top5']:.2f}", r["epochs"], r["run"].relative_to(root)]
+            for (text, _), r in labelled]
+    sel_rows = [[selection(p), fmt_macs(p["macs"]), f"{p['macs'] / p['dense_macs']:.3f}",
+                 f"{p['params'] / 1e6:.2f}M", f"{p['loss_pruned']:.4f}", f"{p['top1_pruned']:.2f}",
+                 p["run"].relative_to(root)]
+                for p in sorted(prune, key=lambda p: (selection(p), -p["macs"]))]
+    text = (f"# {name}\n\n## Trained networks\n\n"
+            + markdown(["method", "MACs", "params", "top-1", "top-5", "fine-tune epochs", "run"],
+                       rows)
+            + "\n\n## Selections (before training; loss and top-1 on the training subset)\n\n"
+            + markdown(["selection", "MACs", "of dense", "params", "loss", "top-1", "run"],
+                       sel_rows) + "\n")
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / f"{name}.md"
+    md.write_text(text)
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    series: dict[str, list[dict]] = {}
+    for (_, group), r in labelled:
+        series.setdefault(group, []).append(r)
+    for i, (group, runs) in enumerate(sorted(series.items())):
+        runs = sorted(runs, key=lambda r: r["macs"])
+        ax.plot([r["macs"] / 1e6 for r in runs], [r["top1"] for r in runs],
+                marker="*" if group == "dense" else MARKERS[i % len(MARKERS)],
+                markersize=11 if group == "dense" else 6,
+                linestyle="none" if group == "dense" else "-", label=group)
+    ax.set_xlabel("MACs (M, ptflops)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title(f"{name}: MACs vs top-1 after training")
+    ax.grid(alpha=0.3)
+    if series:
+        ax.legend(fontsize=8)
+    png = out / f"{name}_macs_top1.png"
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    print(text)
+    print(f"wrote {md} and {png}")
+    return md, png
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", type=Path, help="a directory of runs, e.g. runs/table1")
+    p.add_argument("--out", type=Path, default=Path("fig"), help="where to write (default: fig)")
+    p.add_argument("--name", help="file name stem (default: the runs directory's name)")
+    args = p.parse_args(argv)
+    report(args.runs, args.out, args.name)
+
+
+if __name__ == "__main__":
+    main()

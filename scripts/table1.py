@@ -1,0 +1,150 @@
+"""Table 1 of Ye et al. (2020): MobileNetV2 and ResNet34 pruned to the paper's MACs on ImageNet.
+
+    python scripts/table1.py --data-path /data/imagenet --nproc-per-node 4
+    python scripts/table1.py --smoke            # the same pipeline in miniature, CPU, minutes
+
+The paper varies epsilon, the loss-gap stop rule, to reach each row's MACs but does not say
+which epsilon gave which row. So this launcher
+
+1. prunes at every epsilon of a sweep (``runs/table1/<arch>-greedy-eps<e>/prune``; the
+   epsilon -> MACs map is the table's first section), and, for the paper's "Uniform" rows,
+   prunes MobileNetV2 to a range of uniform channel fractions;
+2. fine-tunes, with the paper's recipe, the pruned network nearest each row's MACs (as a
+   fraction of the dense MACs), plus, with ``--baselines``, magnitude and random selections
+   with the same kept channels per unit as that network (``--match-kept``);
+3. writes ``runs/table1/table.md`` with the paper's numbers beside this repository's.
+"""
+
+from __future__ import annotations
+
+import launch
+from launch import SHORT, Context, Step
+
+#: The paper's rows (Table 1): MACs, top-1, params (M; None where not given).
+PAPER = {
+    "mobilenet_v2": {
+        "dense": (314e6, 72.0, 3.5),
+        "greedy": [(258e6, 71.9, 3.2), (220e6, 71.6, 2.9), (201e6, 71.2, 2.7),
+                   (170e6, 70.4, 2.3), (152e6, 69.7, 2.2), (138e6, 68.8, 2.0),
+                   (107e6, 66.9, 1.9)],
+        "uniform": [(220e6, 70.4, 2.9), (106e6, 65.4, None)],
+    },
+    "resnet34": {
+        "dense": (3.68e9, 73.4, 21.8),
+        "greedy": [(2.64e9, 73.5, 17.2), (2.07e9, 72.9, 14.7)],
+        "uniform": [],
+    },
+}
+#: Uniform channel fractions of MobileNetV2's hidden units bracketing the Uniform rows' MACs.
+UNIFORM_FRACTIONS = (0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.65, 0.7)
+SMOKE_UNIFORM_FRACTIONS = (0.3, 0.6)
+BASELINES = ("magnitude", "random")
+
+
+def parse_args(argv: list[str] | None = None):
+    p = launch.parser(__doc__.split("\n")[0])
+    p.add_argument("--archs", nargs="+", choices=tuple(PAPER), default=list(PAPER))
+    p.add_argument("--mbv2-pretrained", help="MobileNetV2 weights (default: torchvision's "
+                   "IMAGENET1K_V1; the paper used d-li14's mobilenetv2_1.0-0c6065bc.pth)")
+    p.add_argument("--resnet34-pretrained", help="ResNet34 weights (default: IMAGENET1K_V1)")
+    p.add_argument("--mbv2-epsilons", type=launch.epsilon_list,
+                   help="MobileNetV2 sweep (default: "
+                        f"{','.join(map(str, launch.SWEEP_EPSILONS['mobilenet_v2']))})")
+    p.add_argument("--resnet34-epsilons", type=launch.epsilon_list,
+                   help=f"ResNet34 sweep (default: "
+                        f"{','.join(map(str, launch.SWEEP_EPSILONS['resnet34']))})")
+    p.add_argument("--baselines", nargs="*", choices=BASELINES, default=None,
+                   help="also fine-tune these selections at each row's kept channels "
+                        "(default: none; with --smoke: all)")
+    p.add_argument("--epochs", type=int, help="fine-tune epochs (default: the paper's 150)")
+    return p.parse_args(argv)
+
+
+def build(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    ctx = Context("table1", args)
+    baselines = args.baselines if args.baselines is not None else (
+        list(BASELINES) if ctx.smoke else [])
+    sections: list[tuple[str, str]] = []
+    sweep_rows, rows = [], []
+    for arch in args.archs:
+        given = args.mbv2_pretrained if arch == "mobilenet_v2" else args.resnet34_pretrained
+        pretrained = ctx.dense(arch, given)
+        dense_eval = ctx.evaluate(arch, pretrained, ctx.dir / f"{SHORT[arch]}-dense")
+        ctx.run([dense_eval])
+        epsilons = (args.mbv2_epsilons if arch == "mobilenet_v2" else args.resnet34_epsilons) \
+            or (launch.SMOKE_EPSILONS if ctx.smoke else launch.SWEEP_EPSILONS)[arch]
+        swept = launch.sweep(ctx, arch, epsilons, pretrained)
+        sweep_rows += [(arch, f"greedy, epsilon {e:g}", s) for e, s in zip(epsilons, swept)]
+        uniform = []
+        if PAPER[arch]["uniform"]:
+            fractions = SMOKE_UNIFORM_FRACTIONS if ctx.smoke else UNIFORM_FRACTIONS
+            uniform = [ctx.prune(arch, ctx.dir / f"{SHORT[arch]}-uniform-keep{f:g}" / "prune",
+                                 pretrained, "--method", "uniform", "--stop", "fraction",
+                                 "--keep-fraction", f"{f:g}") for f in fractions]
+            ctx.run(uniform)
+            sweep_rows += [(arch, f"uniform, keep {f:g}", s) for f, s in zip(fractions, uniform)]
+        rows.append(("Full model", arch, PAPER[arch]["dense"], dense_eval))
+        rows += fine_tune_rows(ctx, arch, pretrained, "greedy", swept, baselines, args.epochs)
+        rows += fine_tune_rows(ctx, arch, pretrained, "uniform", uniform, [], args.epochs)
+    sections.append(("Epsilon sweep: epsilon -> MACs (selection only, before fine-tuning)",
+                     launch.sweep_table(sweep_rows)))
+    sections.append(("Table 1: top-1 after fine-tuning (ImageNet val in full runs)",
+                     table(rows) + NOTE))
+    ctx.write_table(sections)
+
+
+def fine_tune_rows(ctx: Context, arch: str, pretrained: str, method: str, pruned: list[Step],
+                   baselines: list[str], epochs: int | None) -> list[tuple]:
+    """Fine-tune the pruned run nearest each of the paper's ``method`` rows, and the baselines
+    at its kept channels (once per pruned run, however many rows it is nearest); returns the
+    table rows (label, arch, paper row, fine-tune step)."""
+    label = "Ours (greedy)" if method == "greedy" else "Uniform"
+    rows, seen = [], set()
+    for target in PAPER[arch][method]:
+        pick = launch.nearest(pruned, target[0] / launch.PAPER_DENSE_MACS[arch])
+        if pick is None:
+            ctx.note(f"{arch} {launch.macs(target[0])}: fine-tune the {method} run nearest "
+                     "these MACs once the runs above exist")
+            rows.append((label, arch, target, None))
+            continue
+        row = pick.out.parent
+        finetune = ctx.finetune(arch, pick, row / "finetune", epochs)
+        ctx.run([finetune])
+        rows.append((label, arch, target, finetune))
+        for base in baselines if pick not in seen else []:
+            base_dir = row.with_name(f"{row.name}-{base}-matched")
+            prune = ctx.prune(arch, base_dir / "prune", pretrained, "--method", base,
+                              "--match-kept", str(pick.out / "pruned.pth"))
+            finetune = ctx.finetune(arch, prune, base_dir / "finetune", epochs)
+            ctx.run([prune, finetune])
+            rows.append((f"{base} (same kept channels)", arch, target, finetune))
+        seen.add(pick)
+    return rows
+
+
+NOTE = ("\n\nRows are matched to the paper's by MACs as a fraction of the dense network's "
+        "(paper: 314M MobileNetV2, 3.68G ResNet34). The paper's Uniform rows are MobileNetV2 "
+        "width multipliers trained from scratch (Sandler et al.); here Uniform keeps the same "
+        "fraction of every pruned unit and is fine-tuned like the other rows.")
+
+
+def table(rows: list[tuple]) -> str:
+    out = []
+    for label, arch, (paper_macs, paper_top1, paper_params), step in rows:
+        ft = (step.summary() if step is not None else None) or {}
+        run = launch.row_name(step)
+        target = paper_macs / launch.PAPER_DENSE_MACS[arch]
+        frac = f"{ft['macs'] / ft['dense_macs']:.3f}" if ft else "—"
+        out.append([arch, label, launch.macs(paper_macs), f"{target:.3f}", paper_top1,
+                    "—" if paper_params is None else f"{paper_params}M", run,
+                    launch.macs(ft.get("macs")), frac, launch.params(ft.get("params")),
+                    launch.pct(ft.get("top1")), launch.pct(ft.get("top5")),
+                    ft.get("epochs", "—")])
+    return launch.markdown(
+        ["arch", "method", "paper MACs", "paper of dense", "paper top-1", "paper params", "run",
+         "MACs", "of dense", "params", "top-1", "top-5", "fine-tune epochs"], out)
+
+
+if __name__ == "__main__":
+    launch.main(build)
