@@ -48,7 +48,8 @@ Checkpoint format (plain data, written atomically, readable with ``weights_only=
 Reproducibility: the shuffle is a function of (seed, epoch) (``DistributedSampler``), DataLoader
 workers are re-seeded from (seed, rank, epoch) every epoch (so they are not persistent), and the
 main process's generators (dropout; augmentation with ``--workers 0``) are saved per rank. A
-resumed run therefore repeats the uninterrupted one exactly on the same hardware and world size.
+resumed run therefore repeats the uninterrupted one exactly with the same world size (on GPUs up
+to cuDNN's nondeterministic kernels).
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ from tqdm import tqdm
 import data
 import models
 from data.seeding import mix_seed
-from models.weights import load_pretrained
+from models.weights import PretrainedDownloadError, load_pretrained
 from pruning import distributed
 from pruning.checkpoint import FORMAT, load, rebuild, save_atomic
 from pruning.flops import macs_and_params
@@ -382,9 +383,9 @@ def build_model(
     model = models.build(arch, width, num_classes)
     init = "random initialization"
     if args.pretrained:
-        try:
-            init = load_pretrained(model, arch, args.pretrained)
-        except (ValueError, FileNotFoundError) as error:
+        try:  # load_pretrained describes "arch (width, classes) <- source": keep the source
+            init = load_pretrained(model, arch, args.pretrained).split(" <- ", 1)[-1]
+        except (ValueError, FileNotFoundError, PretrainedDownloadError) as error:
             raise UsageError(f"--pretrained {args.pretrained}: {error}") from error
     return model, {"width": width, "cfg": None, "unit_kind": None, "init": init}
 
