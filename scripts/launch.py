@@ -144,6 +144,7 @@ class Context:
         self.dataset = "synthetic" if args.smoke else dataset
         self.data_path = args.data_path or "DATA_PATH"
         self.runs = args.runs_dir or Path("runs/smoke" if args.smoke else "runs")
+        self.in_process = args.smoke  # see the module docstring
 
     @property
     def dir(self) -> Path:
@@ -234,7 +235,7 @@ class Context:
                 continue
             step.out.mkdir(parents=True, exist_ok=True)
             (step.out / RECORD).write_text(json.dumps(step.record(), indent=1) + "\n")
-            if self.smoke:
+            if self.in_process:
                 run_in_process(step)
             else:
                 code = subprocess.run(self.command(step), cwd=ROOT).returncode

@@ -131,30 +131,31 @@ def run_size(ctx: Context, setup: Setup, arch: str, size: int | None) -> dict:
 
 
 def ours(ctx: Context, setup: Setup, results: list) -> str:
+    unit = "ep" if setup.by_epoch else "it"
+    points = [f"{k * setup.snapshot:,} {unit}" for k in range(1, setup.pretrain // setup.snapshot
+                                                                + 1)]
     rows = []
     for arch, size, r in results:
         epochs = list(range(r["every"], r["total"] + 1, r["every"]))
         dense = r["dense"].summary() or {}
+        steps = setup.steps(size)
+        actual = ", ".join(f"{e} ep = {e * steps:,} it" for e in epochs)
         for epsilon in setup.epsilons[arch]:
             cells = []
             for epoch in epochs:
                 ft = r["cells"][epoch, epsilon].summary() or {}
-                frac = f", {ft['macs'] / ft['dense_macs']:.0%} MACs" if ft else ""
+                frac = f" ({ft['macs'] / ft['dense_macs']:.0%} MACs)" if ft else ""
                 cells.append(f"{launch.pct(ft.get('top1'))}{frac}")
-            steps = setup.steps(size)
-            points = ", ".join(f"{e} ep = {e * steps:,} it" for e in epochs)
-            rows.append([arch, size or f"all ({setup.full_size:,})", f"{epsilon:g}",
-                         " / ".join(cells), launch.pct(dense.get("top1")), points])
-    return launch.markdown(["arch", "training images", "epsilon",
-                            "pruned top-1 per snapshot (MACs of dense)", "dense top-1",
-                            "snapshots (epochs = iterations)"], rows) + (
-        "\n\nPruning (the candidate batches and the stop rule's subset) reads the whole "
-        "training set: the prune scripts have no --train-subset.")
+            rows.append([arch, size or f"all ({setup.full_size:,})", f"{epsilon:g}", *cells,
+                         launch.pct(dense.get("top1")), actual])
+    return launch.markdown(["arch", "training images", "epsilon", *points, "dense top-1",
+                            "snapshots taken (epochs = iterations)"], rows) + (
+        "\n\nCells: top-1 of the pruned, fine-tuned network (its MACs as a share of the "
+        "dense network's). Pruning (the candidate batches and the stop rule's subset) reads the "
+        "whole training set: the prune scripts have no --train-subset.")
 
 
 def paper(dataset: str) -> str:
-    if dataset not in PAPER:
-        return "(no paper numbers for the synthetic smoke dataset)"
     points = "20K / 40K / 60K / 80K it." if dataset == "cifar10" else "50 / 100 / 150 epochs"
     rows = [[arch, key, " / ".join(f"{v:.2f}" for v in pruned), launch.pct(dense)]
             for (arch, key), (pruned, dense) in PAPER[dataset].items()]

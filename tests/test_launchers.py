@@ -1,0 +1,201 @@
+"""The table launchers (scripts/table*.py, scripts/pretraining.py) end to end in --smoke mode.
+
+One tiny dense MobileNetV2 x0.5 and ResNet34 are trained once for the session and passed to every
+launcher as --...-pretrained; all launchers write into one runs directory, so Tables 2 and 5 reuse
+Table 1's epsilon sweep as they would on a GPU machine. Every check reads a number from the
+launcher's table.md and compares it with the summary.json of the run it names.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from scripts import launch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name: str, *argv: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *argv],
+                            capture_output=True, text=True, cwd=ROOT, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def table_rows(path: Path, title: str) -> list[dict[str, str]]:
+    """The rows of the markdown table under the ``## <title...>`` heading, as dicts."""
+    lines = path.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(f"## {title}"))
+    body = []
+    for line in lines[start + 1:]:
+        if line.startswith("## "):
+            break
+        if line.startswith("|"):
+            body.append([c.strip() for c in line.strip("|").split("|")])
+    header, rows = body[0], body[2:]
+    return [dict(zip(header, row)) for row in rows]
+
+
+def summary(path: Path) -> dict:
+    return json.loads((path / "summary.json").read_text())
+
+
+def dense(runs: Path, arch: str) -> str:
+    """A dense smoke network trained in this process (as the launchers would train it)."""
+    ctx = launch.Context("dense", launch.parser("").parse_args(["--smoke", "--runs-dir",
+                                                                str(runs)]))
+    return ctx.dense(arch, None)
+
+
+@pytest.fixture(scope="session")
+def smoke(tmp_path_factory) -> dict:
+    """The runs directory all launchers share, and the dense MobileNetV2 x0.5 they prune."""
+    runs = tmp_path_factory.mktemp("runs")
+    return {"runs": runs, "mbv2": dense(runs, "mobilenet_v2")}
+
+
+@pytest.fixture(scope="session")
+def resnet34(smoke) -> str:
+    return dense(smoke["runs"], "resnet34")
+
+
+def common(smoke: dict) -> list[str]:
+    return ["--smoke", "--runs-dir", str(smoke["runs"])]
+
+
+def test_table1_smoke_builds_the_table_from_the_runs(smoke, resnet34):
+    run_script("table1.py", *common(smoke), "--mbv2-pretrained", smoke["mbv2"],
+               "--resnet34-pretrained", resnet34)
+    table = smoke["runs"] / "table1" / "table.md"
+    for row in table_rows(table, "Epsilon sweep"):
+        s = summary(smoke["runs"] / "table1" / row["run"] / "prune")
+        assert row["MACs"] == launch.macs(s["macs"])
+        assert row["kept channels"] == f"{s['kept_channels']}/{s['total_channels']}"
+    rows = table_rows(table, "Table 1")
+    assert {r["arch"] for r in rows} == {"mobilenet_v2", "resnet34"}
+    assert len([r for r in rows if r["method"] == "Ours (greedy)"]) == 7 + 2  # the paper's rows
+    dense = next(r for r in rows if r["arch"] == "mobilenet_v2" and r["method"] == "Full model")
+    s = summary(smoke["runs"] / "table1" / dense["run"])
+    assert dense["top-1"] == f"{s['top1']:.2f}" and dense["fine-tune epochs"] == "0"
+    ours = next(r for r in rows if r["arch"] == "resnet34" and r["method"] == "Ours (greedy)")
+    s = summary(smoke["runs"] / "table1" / ours["run"] / "finetune")
+    assert (ours["top-1"], ours["top-5"]) == (f"{s['top1']:.2f}", f"{s['top5']:.2f}")
+    assert ours["MACs"] == launch.macs(s["macs"]) and ours["fine-tune epochs"] == "1"
+    # the baselines keep exactly the greedy run's channels per unit, hence its MACs
+    mbv2 = [r for r in rows if r["arch"] == "mobilenet_v2"]
+    for base in ("magnitude", "random"):
+        row = next(r for r in mbv2 if r["method"].startswith(base))
+        greedy = next(r for r in mbv2 if r["method"] == "Ours (greedy)"
+                      and row["run"].startswith(r["run"]))
+        assert row["MACs"] == greedy["MACs"] and row["params"] == greedy["params"]
+        kept = summary(smoke["runs"] / "table1" / row["run"] / "prune")["kept"]
+        assert kept == summary(smoke["runs"] / "table1" / greedy["run"] / "prune")["kept"]
+
+
+def test_table2_smoke_retrains_with_the_scratch_b_budget(smoke):
+    out = run_script("table2.py", *common(smoke), "--mbv2-pretrained", smoke["mbv2"]).stdout
+    rows = table_rows(smoke["runs"] / "table2" / "table.md", "Table 2")
+    assert len(rows) == 2
+    for row in rows:
+        scratch = summary(smoke["runs"] / "table2" / row["run"] / "scratch")
+        finetune = summary(smoke["runs"] / "table1" / row["run"] / "finetune")
+        assert scratch["init"].startswith("architecture of") and scratch["macs"] == finetune["macs"]
+        # Scratch-B: 1 epoch x min(dense / pruned MACs, 2)
+        assert scratch["epochs"] == 2 and finetune["epochs"] == 1
+        assert row["re-training top-1 (Scratch-B epochs)"] == f"{scratch['top1']:.2f} (2 ep)"
+        assert row["fine-tune top-1 (epochs)"] == f"{finetune['top1']:.2f} (1 ep)"
+    if (smoke["runs"] / "table1" / "table.md").exists():  # Table 1 ran first: its sweep reused
+        prunes = [line for line in out.splitlines() if "_prune.py" in line]
+        assert prunes and all(line.startswith("# done, skipped") for line in prunes)
+
+
+def test_table3_smoke_prunes_three_widths(smoke):
+    run_script("table3.py", *common(smoke), "--pretrained", f"0.5={smoke['mbv2']}")
+    rows = table_rows(smoke["runs"] / "table3" / "table.md", "Table 3")
+    assert [r["width"] for r in rows] == ["x1.0", "x0.75", "x0.5"]
+    dense = [summary(smoke["runs"] / "table3" / r["run"] / "prune")["dense_macs"] for r in rows]
+    assert dense[0] > dense[1] > dense[2]
+    for row in rows:
+        s = summary(smoke["runs"] / "table3" / row["run"] / "finetune")
+        assert row["top-1"] == f"{s['top1']:.2f}" and row["MACs"] == launch.macs(s["macs"])
+        assert s["width"] == float(row["width"][1:])
+
+
+def test_table5_smoke_compares_at_equal_kept_channels(smoke):
+    run_script("table5_backward.py", *common(smoke), "--archs", "mobilenet_v2",
+               "--mbv2-pretrained", smoke["mbv2"])
+    rows = table_rows(smoke["runs"] / "table5" / "table.md", "Table 5")
+    forward = next(r for r in rows if r["method"].startswith("forward"))
+    backward = next(r for r in rows if r["method"].startswith("backward"))
+    f = summary(smoke["runs"] / "table1" / forward["run"] / "prune")
+    b = summary(smoke["runs"] / "table5" / backward["run"] / "prune")
+    assert b["method"] == "backward" and f["method"] == "greedy"
+    assert b["kept"] == f["kept"] and b["macs"] == f["macs"]
+    assert backward["selection loss (train subset)"] == f"{b['loss_pruned']:.4f}"
+    ft = summary(smoke["runs"] / "table5" / backward["run"] / "finetune")
+    assert backward["top-1"] == f"{ft['top1']:.2f}"
+
+
+def test_pretraining_smoke_prunes_every_snapshot(smoke):
+    run_script("pretraining.py", *common(smoke), "--archs", "mobilenet_v2")
+    base = smoke["runs"] / "pretraining-cifar10"
+    rows = table_rows(base / "table.md", "This repository")
+    assert [r["training images"] for r in rows] == ["128", "all (256)"]
+    # 16 iterations of batch 32, a snapshot every 8: 4 epochs of 128 images, 2 of 256
+    assert sorted(p.name for p in (base / "mbv2-n128" / "dense").glob("epoch_*.pth")) == [
+        "epoch_002.pth", "epoch_004.pth"]
+    record = json.loads((base / "mbv2-n128-ep2-eps1" / "prune" / launch.RECORD).read_text())
+    assert record["args"][record["args"].index("--pretrained") + 1].endswith("epoch_002.pth")
+    for row, name in zip(rows, ("mbv2-n128", "mbv2-nall")):
+        dense = summary(base / name / "dense")
+        assert row["dense top-1"] == f"{dense['top1']:.2f}"
+        epochs = (2, 4) if name == "mbv2-n128" else (1, 2)
+        ft = summary(base / f"{name}-ep{epochs[1]}-eps1" / "finetune")
+        assert row["16 it"].startswith(f"{ft['top1']:.2f} (")
+
+
+@pytest.mark.parametrize("script,extra", [
+    ("table1.py", []), ("table2.py", []), ("table3.py", ["--pretrained", "0.75=w.pth",
+                                                         "--pretrained", "0.5=w.pth"]),
+    ("table5_backward.py", []), ("pretraining.py", ["--dataset", "imagenet"]),
+])
+def test_dry_run_prints_the_full_runs_and_runs_nothing(script, extra, tmp_path):
+    out = run_script(script, "--dry-run", "--data-path", "/data/x", "--runs-dir", str(tmp_path),
+                     "--nproc-per-node", "4", *extra).stdout
+    commands = [line for line in out.splitlines() if line.startswith("$ ")]
+    assert commands and all("--data-path /data/x" in c for c in commands)
+    assert any("_prune.py" in c for c in commands)
+    # training runs under torchrun with the paper's recipe (no --epochs: the script's 150)
+    for c in commands:
+        if "_finetune.py" in c and "--evaluate-only" not in c:
+            assert "torch.distributed.run --standalone --nproc_per_node=4" in c
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_finished_step_is_skipped_and_one_with_other_arguments_is_refused(tmp_path):
+    step = launch.Step("mobile2_prune.py", ("--epsilon", "0.05", "--workers", "2"), tmp_path)
+    assert not step.done()
+    (tmp_path / launch.RECORD).write_text(json.dumps(step.record()))
+    (tmp_path / launch.SUMMARY).write_text("{}")
+    assert step.done()
+    # run-only flags (workers, device, progress, resume) do not change what a step computes
+    assert launch.Step("mobile2_prune.py", ("--epsilon", "0.05"), tmp_path).done()
+    with pytest.raises(launch.StepFailed, match="other arguments"):
+        launch.Step("mobile2_prune.py", ("--epsilon", "0.1"), tmp_path).done()
+
+
+def test_a_step_as_its_own_process_equals_the_step_run_in_process(smoke, tmp_path):
+    """Full runs start each step as a process, smoke runs inside the launcher: same result."""
+    args = launch.parser("").parse_args(["--smoke", "--runs-dir", str(tmp_path)])
+    ctx = launch.Context("t", args)
+    steps = [ctx.evaluate("mobilenet_v2", smoke["mbv2"], tmp_path / name) for name in "ab"]
+    ctx.run(steps[:1])
+    ctx.in_process = False  # the full-run path
+    ctx.run(steps[1:])
+    a, b = summary(tmp_path / "a"), summary(tmp_path / "b")
+    assert (a["top1"], a["val_loss"]) == (b["top1"], b["val_loss"])
