@@ -13,7 +13,13 @@ Selection runs the network in eval mode (BatchNorm uses its running statistics, 
 released code) on mini-batches with the evaluation transform, drawn from one persistent loader.
 The stop rule's losses are measured on a fixed, class-balanced subset of the training set.
 Candidate scoring goes through one ``pruning.evaluators.CandidateEvaluator``; which one is used
-changes only the speed, never the selection.
+changes only the speed, never the selection (up to float rounding: ``--evaluator fast`` runs in
+bf16 on GPU). ``--shortlist K`` does change it: each step evaluates exactly only the K best
+candidates of the first-order ranking (``pruning.shortlist``).
+
+Under ``torchrun --nproc_per_node=N`` every rank draws the same mini-batches and scores its share
+of each step's candidates (``pruning.distributed_select``); all ranks make the same selection,
+and only rank 0 shows progress and writes files.
 """
 
 import argparse
@@ -32,14 +38,19 @@ from tqdm import tqdm
 
 import data
 import models
+from models.suffix import splitter
 from models.weights import PretrainedDownloadError, load_pretrained
+from pruning import distributed
 from pruning.baselines import FIXED_SIZE_METHODS, backward_elimination, fixed_size_counts
 from pruning.checkpoint import load, pruned_checkpoint, save_atomic, selection_cfg
-from pruning.evaluators import PlainEvaluator
+from pruning.distributed_select import CandidatePartition, RankZeroStop, sync_model
+from pruning.evaluators import CandidateEvaluator, PlainEvaluator
+from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
 from pruning.metrics import loss_and_top1
 from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection
+from pruning.shortlist import ShortlistEvaluator
 from pruning.slim import slim_model
 from pruning.stop import LossGap, MatchKept, MaxFraction, Top1Tolerance
 
@@ -49,7 +60,7 @@ SELECTION_ARGS = (
     "arch", "width", "units", "dataset", "data_path", "image_size", "synthetic_images",
     "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size", "eval_images",
     "candidates", "without_replacement", "seed", "finetune_between", "finetune_lr", "method",
-    "match_kept",
+    "match_kept", "shortlist",
 )
 METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
 
@@ -92,6 +103,13 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     p.add_argument("--eval-batch-size", type=int, default=256)
     p.add_argument("--candidates", type=int, default=None,
                    help="score a random K-subset of candidates per step (default: all)")
+    p.add_argument("--evaluator", choices=("plain", "fast"), default="fast",
+                   help="plain: one full forward per candidate (the released code); fast: the "
+                        "same losses from a cached prefix, additive updates and batched "
+                        "candidates (bf16 and channels_last on GPU)")
+    p.add_argument("--shortlist", type=int, default=None,
+                   help="greedy: evaluate exactly only the K best candidates of the first-order "
+                        "(Frank-Wolfe) ranking, which keeps the guarantee; default: all")
     p.add_argument("--without-replacement", action="store_true",
                    help="select each channel at most once (the released code); default allows "
                         "repeats, as in the paper's theory")
@@ -139,6 +157,11 @@ def check_args(args: argparse.Namespace) -> None:
                          "use --stop fraction --keep-fraction F or --match-kept PATH")
     Top1Tolerance(args.top1_tol, measure=None)
     SelectionSettings(candidates=args.candidates)
+    if args.shortlist is not None:
+        if args.shortlist < 1:
+            raise ValueError(f"--shortlist must be >= 1, got {args.shortlist}")
+        if args.method != "greedy" or args.evaluator != "fast":
+            raise ValueError("--shortlist needs --method greedy and --evaluator fast")
     args.device = parse_device(args.device)
 
 
@@ -183,6 +206,23 @@ def matched_kept(path: str, units) -> dict[str, int]:
     return {u.name: cfg[u.name]["kept"] for u in units}
 
 
+def build_evaluator(args: argparse.Namespace, model, masks,
+                    world: distributed.World) -> CandidateEvaluator:
+    """--evaluator, shared across the ranks of a torchrun job, with the --shortlist on top."""
+    if args.evaluator == "plain":
+        evaluator = PlainEvaluator(model, masks)
+    else:
+        gpu = args.device.type == "cuda"
+        evaluator = FastEvaluator(model, splitter(args.arch, model),
+                                  default_samples_per_pass(args.device),
+                                  amp=torch.bfloat16 if gpu else None, channels_last=gpu)
+    if world.distributed:
+        evaluator = CandidatePartition(evaluator)
+    if args.shortlist is not None:
+        evaluator = ShortlistEvaluator(evaluator, args.shortlist)
+    return evaluator
+
+
 def short_finetune(model, batches, steps: int, lr: float, seed: int) -> None:
     """A few SGD steps on the masked network between units (the released code's 0.1 epoch).
 
@@ -205,6 +245,9 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     args.arch = arch
     args.width = getattr(args, "width", 1.0)
     check_args(args)
+    world = distributed.init(args.device.type)
+    if world.distributed and args.device.type == "cuda":
+        args.device = torch.device("cuda", world.local_rank)
     out = Path(args.output_dir)
     state = load_state(args, out)
     if args.pretrained:  # refuse weights of another architecture/width before scanning any data
@@ -259,17 +302,21 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         stop = Top1Tolerance(args.top1_tol, measure)
     else:
         stop = MaxFraction(args.keep_fraction)
+    if world.distributed and isinstance(stop, (LossGap, Top1Tolerance)):
+        stop = RankZeroStop(stop)  # one verdict for all ranks, whatever their rounding
     settings = SelectionSettings(args.candidates, not args.without_replacement, args.seed)
-    evaluator = PlainEvaluator(model, masks)
+    evaluator = build_evaluator(args, model, masks, world)
 
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(out / "tb"))
+    writer = SummaryWriter(str(out / "tb")) if world.is_main else None
     bars: dict[str, tqdm] = {}
     global_step = [sum(int(c.sum()) for c in completed.values())]
 
     def log_step(unit, step, best, batch_loss, eval_loss):
         global_step[0] += 1
+        if writer is None:
+            return
         writer.add_scalar("select/batch_loss", batch_loss, global_step[0])
         if eval_loss is not None:
             writer.add_scalar("select/eval_loss_gap", eval_loss - dense_loss, global_step[0])
@@ -287,17 +334,20 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         if unit.name in bars:
             bars.pop(unit.name).close()
         kept = int((counts[unit.name] > 0).sum())
-        writer.add_scalar("select/kept_fraction", kept / unit.size, len(counts))
+        if writer is not None:
+            writer.add_scalar("select/kept_fraction", kept / unit.size, len(counts))
         loss, top1 = measure()
         print(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
               f"(dense {dense_loss:.4f}), top-1 {100 * top1:.2f}%")
         if steps_between:
             short_finetune(model, batches, steps_between, args.finetune_lr,
                            seed=args.seed * 1_000_003 + len(counts))
-        save_atomic({"args": selection_args(args), "completed": counts,
-                     "batches_drawn": batches.drawn, "model": model.state_dict(),
-                     "seconds": time.time() - start + previous_seconds},
-                    out / STATE_FILE)
+            sync_model(model)  # ranks continue from rank 0's weights, not their own rounding
+        if world.is_main:
+            save_atomic({"args": selection_args(args), "completed": counts,
+                         "batches_drawn": batches.drawn, "model": model.state_dict(),
+                         "seconds": time.time() - start + previous_seconds},
+                        out / STATE_FILE)
 
     if args.method in FIXED_SIZE_METHODS:
         generator = torch.Generator().manual_seed(args.seed)
@@ -309,7 +359,8 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         search = greedy_forward_selection if args.method == "greedy" else backward_elimination
         counts = search(units, masks, evaluator, batches, stop, settings, completed, after_unit,
                         log_step)
-    writer.close()
+    if writer is not None:
+        writer.close()
 
     pruned_loss, pruned_top1 = loss_and_top1(model, eval_batches)
     with torch.no_grad():
@@ -340,12 +391,14 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         "seconds": time.time() - start + previous_seconds,
         "device": str(device), "args": {k: str(v) for k, v in vars(args).items()},
     }
-    cfg = selection_cfg(units, counts, kept)
-    save_atomic(pruned_checkpoint(arch, args.width, num_classes, args.units, cfg,
-                                  slim.state_dict(), summary["args"], summary),
-                out / "pruned.pth")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / STATE_FILE).unlink(missing_ok=True)
+    if world.is_main:
+        cfg = selection_cfg(units, counts, kept)
+        save_atomic(pruned_checkpoint(arch, args.width, num_classes, args.units, cfg,
+                                      slim.state_dict(), summary["args"], summary),
+                    out / "pruned.pth")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out / STATE_FILE).unlink(missing_ok=True)
+    distributed.barrier()
     print(f"MACs {macs / 1e6:.1f}M of {dense_macs / 1e6:.1f}M, params {params / 1e6:.2f}M of "
           f"{dense_params / 1e6:.2f}M; loss {slim_loss:.4f} (dense {dense_loss:.4f}), "
           f"top-1 {100 * slim_top1:.2f}% (dense {100 * dense_top1:.2f}%); "
@@ -358,3 +411,5 @@ def main(arch: str) -> None:
         run(arch)
     except (ValueError, FileNotFoundError, PretrainedDownloadError) as error:
         sys.exit(f"error: {error}")
+    finally:
+        distributed.cleanup()

@@ -17,8 +17,10 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from pruning.metrics import Batch
+from pruning.evaluators import PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator
 from pruning.stop import StopRule
 from pruning.units import Unit
@@ -42,7 +44,7 @@ class CandidatePartition:
     Needs an initialized default process group and the same ``batch`` on every rank.
     """
 
-    def __init__(self, inner: FastEvaluator):
+    def __init__(self, inner: FastEvaluator | PlainEvaluator):
         self.inner = inner
 
     def losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
@@ -72,6 +74,21 @@ class CandidatePartition:
                       batch: Batch) -> torch.Tensor:
         """Rank 0's scores on every rank: one backward pass, not worth splitting."""
         return _from_rank0(self.inner.linear_scores(unit, counts, candidates, batch))
+
+
+def sync_model(model: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every rank (after training steps between units).
+
+    Selection assumes every rank holds the same network; SGD steps on several GPUs agree only
+    up to rounding. A no-op without a process group.
+    """
+    if not dist.is_initialized():
+        return
+    device = _comm_device()
+    for tensor in model.state_dict().values():
+        buffer = tensor.to(device)
+        dist.broadcast(buffer, src=0)
+        tensor.copy_(buffer)
 
 
 class RankZeroStop(StopRule):

@@ -1,0 +1,38 @@
+"""The prune script under torchrun: two gloo ranks share the candidates and prune as one process.
+
+With ``--evaluator plain`` every rank runs exactly the forward passes a single process would
+run for its share of the candidates, so the two-rank selection must equal the single-process
+one bit for bit, and only rank 0 may write the outputs.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import prune_cli
+from pruning.checkpoint import load
+
+ROOT = Path(__file__).resolve().parents[1]
+ARGS = ["--dataset", "synthetic", "--synthetic-images", "160", "--eval-images", "20",
+        "--batch-size", "8", "--eval-batch-size", "20", "--workers", "0", "--no-progress",
+        "--candidates", "3", "--device", "cpu", "--image-size", "16", "--epsilon", "1.0",
+        "--evaluator", "plain"]
+
+
+def test_torchrun_with_two_ranks_prunes_like_one_process(tmp_path):
+    shared, single = tmp_path / "two_ranks", tmp_path / "one_process"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node=2", str(ROOT / "resnet34_prune.py"), *ARGS,
+               "--output-dir", str(shared)]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("wrote") == 2  # both ranks finished the run
+    reference = prune_cli.run("resnet34", [*ARGS, "--output-dir", str(single)])
+    summary = json.loads((shared / "summary.json").read_text())
+    assert summary["kept"] == reference["kept"]
+    assert summary["selections"] == reference["selections"] > 2 * 16
+    counts, expected = load(shared / "pruned.pth")["cfg"], load(single / "pruned.pth")["cfg"]
+    assert counts == expected
+    assert len(list((shared / "tb").glob("events.out.tfevents.*"))) == 1  # rank 0 only
+    assert not (shared / prune_cli.STATE_FILE).exists()
