@@ -173,3 +173,21 @@ def test_loss_gap_stops_a_unit_early_and_keeps_fewer_channels():
                          log_step=lambda u, s, b, loss, e: gaps.append(e - dense_loss))
     assert len(gaps) == int(counts.sum())
     assert gaps[-1] < 0.05 and all(g >= 0.05 for g in gaps[:-1])
+
+
+def test_without_replacement_the_loss_gap_rule_always_holds_by_the_end_of_a_unit():
+    """After N selections S = [N] reproduces the dense layer, so even a tiny epsilon is met."""
+    net, units = tiny_net(), tiny_units()
+    masks = Masks(net, units)
+    fixed = [next(Recorder(5))]
+
+    def measure():
+        with torch.no_grad():
+            return F.cross_entropy(net(fixed[0][0]), fixed[0][1]).item(), 0.0
+
+    dense_loss, _ = measure()
+    stop = LossGap(1e-6, dense_loss, measure)
+    counts = select_unit(units[0], masks, PlainEvaluator(net, masks), Recorder(2), stop,
+                         SelectionSettings(), 0)
+    assert stop.last_loss - dense_loss < 1e-6
+    assert int(counts.max()) == 1
