@@ -59,7 +59,7 @@ STATE_FILE = "selection_state.pth"
 SELECTION_ARGS = (
     "arch", "width", "units", "dataset", "data_path", "image_size", "synthetic_images",
     "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size", "eval_images",
-    "candidates", "without_replacement", "seed", "finetune_between", "finetune_lr", "method",
+    "candidates", "with_replacement", "seed", "finetune_between", "finetune_lr", "method",
     "match_kept", "shortlist",
 )
 METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
@@ -110,9 +110,10 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     p.add_argument("--shortlist", type=int, default=None,
                    help="greedy: evaluate exactly only the K best candidates of the first-order "
                         "(Frank-Wolfe) ranking, which keeps the guarantee; default: all")
-    p.add_argument("--without-replacement", action="store_true",
-                   help="select each channel at most once (the released code); default allows "
-                        "repeats, as in the paper's theory")
+    p.add_argument("--with-replacement", action="store_true",
+                   help="let a channel be selected again (the paper's two-layer theory); by "
+                        "default each channel is selected once, so a unit can always reach the "
+                        "dense loss")
     p.add_argument("--finetune-between", type=float, default=0.0,
                    help="epochs of SGD after each unit (the released code used 0.1); 0 = off")
     p.add_argument("--finetune-lr", type=float, default=1e-3)
@@ -304,7 +305,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         stop = MaxFraction(args.keep_fraction)
     if world.distributed and isinstance(stop, (LossGap, Top1Tolerance)):
         stop = RankZeroStop(stop)  # one verdict for all ranks, whatever their rounding
-    settings = SelectionSettings(args.candidates, not args.without_replacement, args.seed)
+    settings = SelectionSettings(args.candidates, args.with_replacement, args.seed)
     evaluator = build_evaluator(args, model, masks, world)
 
     from torch.utils.tensorboard import SummaryWriter
