@@ -279,7 +279,7 @@ def smoke_dense_step(ctx: Context, arch: str, width: float) -> Step:
     that their pruning starts from trained weights (a few epochs: only a little above chance)."""
     name = f"{arch}-w{width}" if arch == "mobilenet_v2" else arch
     extra = ["--width", str(width)] if arch == "mobilenet_v2" else []
-    return ctx.train(arch, ctx.runs / "dense" / name, *extra, "--epochs", "5", "--lr", "0.01",
+    return ctx.train(arch, ctx.runs / "dense" / name, *extra, "--epochs", "3", "--lr", "0.01",
                      "--lr-schedule", "cosine")
 
 
