@@ -618,6 +618,7 @@ def prepare(arch: str, argv: list[str] | None) -> dict[str, Any]:
     training step, as a UsageError naming the argument."""
     args = build_parser(arch).parse_args(argv)
     args.arch = arch
+    args.width = getattr(args, "width", None)  # only MobileNetV2 has a width multiplier
     world = distributed.world_from_env()
     check_args(args, world)
     out = Path(args.output_dir)

@@ -389,3 +389,13 @@ def test_two_gloo_processes_stay_identical(tmp_path):
                                                       saved["rng"][1]["torch"])
     assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 logs
     assert len(_lines(out / "metrics.jsonl")) == 2
+
+
+def test_resnet34_dense_training_runs_and_its_checkpoint_loads_for_pruning(tmp_path):
+    """ResNet34 has no --width; a dense run must still train, save and feed the prune script."""
+    out = tmp_path / "rn"
+    summary = ft.run("resnet34", ["--epochs", "1", "--image-size", "16", "--output-dir",
+                                  str(out), *COMMON])
+    assert summary["arch"] == "resnet34" and summary["width"] == 1.0
+    model = models.build("resnet34", num_classes=10)
+    assert "state_dict" in load_pretrained(model, "resnet34", out / "best.pth")
