@@ -117,7 +117,8 @@ class FastEvaluator:
 
     ``samples_per_pass`` bounds the samples of one tail forward: floor(samples_per_pass / B)
     candidates (at least one) are stacked per pass; it is the memory knob. ``amp`` (e.g.
-    ``torch.bfloat16``) runs everything under autocast; ``channels_last`` converts the model
+    ``torch.bfloat16``) runs the candidates' losses under autocast (the linear scores stay in
+    float32); ``channels_last`` converts the model
     once and feeds it channels-last tensors. Both are for GPUs; with neither, on CPU, the losses
     equal ``PlainEvaluator``'s up to float32 rounding. The unit's mask is left as it was: the
     candidates' weights are applied here, never installed in ``Masks``.
@@ -228,17 +229,16 @@ class FastEvaluator:
         d loss / d w_k; it ranks the candidates exactly as the linear objective
         <grad loss(u_{k-1}), q> of the proof of Lemma 1 (Wolfe et al., 2023) ranks the vertices
         q_k = N W[:, k] h_k, so its argmin is the Frank-Wolfe vertex. One forward and one
-        backward of the tail, at the batch's own size.
+        backward of the tail, at the batch's own size, always in float32: bf16 gradients rank
+        close candidates poorly, and this pass is cheap next to the candidates' forwards.
         """
         device = batch[0].device
-        with self._autocast(device):
-            with torch.no_grad():
-                step = self._prepare(unit, batch)
-            weights = mixing_weights(counts).to(device).requires_grad_(True)
-            out = self._with_bias(step, self._mix(step, weights))
-            logits = step.split.tail(step.skip, self._layout(out))
-            loss = F.cross_entropy(logits.float(), step.y)
-            (grad,) = torch.autograd.grad(loss, weights)
+        with torch.no_grad():
+            step = self._prepare(unit, batch)
+        weights = mixing_weights(counts).to(device).requires_grad_(True)
+        out = self._with_bias(step, self._mix(step, weights))
+        logits = step.split.tail(step.skip, self._layout(out))
+        (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), step.y), weights)
         return grad.detach().double().cpu()[candidates]
 
 

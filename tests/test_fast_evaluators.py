@@ -298,9 +298,12 @@ def test_shortlist_picks_the_exact_best_of_the_top_k_and_always_scores_the_verte
     assert vertex_was_not_best > 0  # the exact evaluation of the shortlist does matter
 
 
-def test_channels_last_gives_the_same_losses():
-    model = make_model("mobilenet_v2")
-    units = models.prunable_units("mobilenet_v2", model, "hidden")
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet34"])
+def test_gpu_settings_channels_last_and_bf16_autocast(arch):
+    """The GPU defaults, run on CPU: channels_last alone changes nothing beyond rounding;
+    bf16 autocast moves the losses by well under a percent; the linear scores stay float32."""
+    model = make_model(arch)
+    units = models.prunable_units(arch, model)
     masks = Masks(model, units)
     select_some(units, masks)
     unit, candidates = units[5], torch.arange(12)
@@ -308,10 +311,18 @@ def test_channels_last_gives_the_same_losses():
     counts[:4] = 1
     masks.set_counts(unit.name, counts)
     reference = PlainEvaluator(model, masks).losses(unit, counts, candidates, batch(8))
-    twin = make_model("mobilenet_v2")  # not a deepcopy: that would copy the hooks too
+    scores = FastEvaluator(model, splitter(arch, model)).linear_scores(unit, counts, candidates,
+                                                                       batch(8))
+    twin = make_model(arch)  # not a deepcopy: that would copy the hooks too
     twin_masks = Masks(twin, units)
     for name, w in masks.weights.items():
         twin_masks.set_weights(name, w)
-    fast = FastEvaluator(twin, splitter("mobilenet_v2", twin), 32, channels_last=True)
-    torch.testing.assert_close(fast.losses(unit, counts, candidates, batch(8)), reference,
+    splits = splitter(arch, twin)
+    layout = FastEvaluator(twin, splits, 32, channels_last=True)
+    torch.testing.assert_close(layout.losses(unit, counts, candidates, batch(8)), reference,
                                rtol=RTOL, atol=0)
+    bf16 = FastEvaluator(twin, splits, 32, amp=torch.bfloat16, channels_last=True)
+    torch.testing.assert_close(bf16.losses(unit, counts, candidates, batch(8)), reference,
+                               rtol=1e-2, atol=0)
+    torch.testing.assert_close(bf16.linear_scores(unit, counts, candidates, batch(8)), scores,
+                               rtol=1e-4, atol=1e-7)
