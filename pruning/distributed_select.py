@@ -19,9 +19,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pruning.metrics import Batch
 from pruning.evaluators import PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator
+from pruning.metrics import Batch
 from pruning.stop import StopRule
 from pruning.units import Unit
 

@@ -118,10 +118,10 @@ class FastEvaluator:
     ``samples_per_pass`` bounds the samples of one tail forward: floor(samples_per_pass / B)
     candidates (at least one) are stacked per pass; it is the memory knob. ``amp`` (e.g.
     ``torch.bfloat16``) runs the candidates' losses under autocast (the linear scores stay in
-    float32); ``channels_last`` converts the model
-    once and feeds it channels-last tensors. Both are for GPUs; with neither, on CPU, the losses
-    equal ``PlainEvaluator``'s up to float32 rounding. The unit's mask is left as it was: the
-    candidates' weights are applied here, never installed in ``Masks``.
+    float32); ``channels_last`` converts the model once and feeds it channels-last tensors.
+    Both are for GPUs; with neither, on CPU, the losses equal ``PlainEvaluator``'s up to float32
+    rounding. The unit's mask is left as it was: the candidates' weights are applied here,
+    never installed in ``Masks``.
     """
 
     def __init__(self, model: nn.Module, splits: Splitter, samples_per_pass: int = 256,
@@ -145,6 +145,8 @@ class FastEvaluator:
         self.model.eval()
         split = self.splits(unit)
         h, skip = split.hidden(split.prefix(self._layout(x)))
+        if split.consumer is not None and split.consumer.groups != 1:
+            raise ValueError(f"unit {unit.name!r}: the consumer must be a dense conv")
         if h.shape[1] != unit.size:
             raise ValueError(f"unit {unit.name!r}: split gives {h.shape[1]} channels, "
                              f"expected {unit.size}")
