@@ -19,8 +19,9 @@ Why it is built this way:
   MobileNetV2 width 0.5, few candidates per greedy step, one fine-tune epoch), used by the tests.
   Its steps run inside the launcher's process (``runpy``), because starting Python and importing
   torch for each of dozens of tiny steps would cost more than the steps. Full runs start every
-  step as its own process, under ``torchrun`` for training with ``--nproc-per-node`` > 1, so a
-  long GPU run leaves nothing behind for the next one.
+  step as its own process, under ``torchrun`` with ``--nproc-per-node`` > 1 (training is data
+  parallel, selection splits each step's candidates over the ranks), so a long GPU run leaves
+  nothing behind for the next one.
 * MAC targets are compared as fractions of the dense network's MACs (the paper's count over the
   paper's dense count), so the same rule picks runs at 224 px on ImageNet and in a smoke run.
 """
@@ -58,7 +59,7 @@ SWEEP_EPSILONS = {
     "mobilenet_v2": (0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1),
     "resnet34": (0.02, 0.03, 0.05, 0.08),
 }
-SMOKE_EPSILONS = {"mobilenet_v2": (0.3, 1.0), "resnet34": (1.0,)}
+SMOKE_EPSILONS = {"mobilenet_v2": (0.3, 1.0), "resnet34": (4.0,)}
 #: The paper's dense MACs (Table 1's "Full Model" rows), the unit of its MAC targets.
 PAPER_DENSE_MACS = {"mobilenet_v2": 314e6, "resnet34": 3.68e9}
 
@@ -80,10 +81,6 @@ class Step:
     def argv(self) -> list[str]:
         argv = [*self.args, "--output-dir", str(self.out)]
         return [*argv, "--resume"] if self.resumable else argv
-
-    @property
-    def trains(self) -> bool:
-        return self.script in TRAIN_SCRIPT.values()
 
     def record(self) -> dict[str, Any]:
         """What the step computes: its script and arguments without the run-only flags."""
@@ -124,7 +121,7 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--data-path", help="dataset root (ImageNet train/ and val/ folders, or the "
                                        "CIFAR-10 batches); required unless --smoke")
     p.add_argument("--nproc-per-node", type=int, default=1,
-                   help="processes per training step (torchrun), e.g. one per GPU")
+                   help="processes per step (torchrun), e.g. one per GPU")
     return p
 
 
@@ -173,7 +170,7 @@ class Context:
         if arch == "mobilenet_v2":
             args += ["--width", str(width or self.width)]
         if self.smoke:
-            args += ["--batch-size", "8", "--eval-images", "16", "--eval-batch-size", "16",
+            args += ["--batch-size", "4", "--eval-images", "16", "--eval-batch-size", "16",
                      "--candidates", "2"]
         return Step(PRUNE_SCRIPT[arch], (*args, *extra), out)
 
@@ -218,7 +215,7 @@ class Context:
     # -- running --------------------------------------------------------------------------------
 
     def command(self, step: Step) -> list[str]:
-        if step.trains and self.nproc > 1:
+        if self.nproc > 1:
             return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                     f"--nproc_per_node={self.nproc}", step.script, *step.argv]
         return [sys.executable, step.script, *step.argv]

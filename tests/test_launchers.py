@@ -170,10 +170,7 @@ def test_dry_run_prints_the_full_runs_and_runs_nothing(script, extra, tmp_path):
     commands = [line for line in out.splitlines() if line.startswith("$ ")]
     assert commands and all("--data-path /data/x" in c for c in commands)
     assert any("_prune.py" in c for c in commands)
-    # training runs under torchrun with the paper's recipe (no --epochs: the script's 150)
-    for c in commands:
-        if "_finetune.py" in c and "--evaluate-only" not in c:
-            assert "torch.distributed.run --standalone --nproc_per_node=4" in c
+    assert all("torch.distributed.run --standalone --nproc_per_node=4" in c for c in commands)
     assert not list(tmp_path.iterdir())
 
 
