@@ -109,10 +109,19 @@ class Step:
         return json.loads(path.read_text()) if path.exists() else None
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default once: not for flags, unset options, or help that already names it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, [], argparse.SUPPRESS):
+            return text
+        return super()._get_help_string(action)
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     """The options every launcher has."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("--smoke", action="store_true",
                    help="a tiny version on the synthetic dataset on the CPU (minutes)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")

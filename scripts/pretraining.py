@@ -81,7 +81,8 @@ def parse_args(argv: list[str] | None = None):
     p = launch.parser(__doc__.split("\n")[0])
     p.add_argument("--dataset", choices=("cifar10", "imagenet"), default="cifar10",
                    help="cifar10: the paper's Table 1; imagenet: its Table 2")
-    p.add_argument("--archs", nargs="+", choices=launch.ARCHS, default=list(launch.ARCHS))
+    p.add_argument("--archs", nargs="+", choices=launch.ARCHS, default=list(launch.ARCHS),
+                   help="the networks to run (default: both)")
     return p.parse_args(argv)
 
 

@@ -43,7 +43,8 @@ BASELINES = ("magnitude", "random")
 
 def parse_args(argv: list[str] | None = None):
     p = launch.parser(__doc__.split("\n")[0])
-    p.add_argument("--archs", nargs="+", choices=tuple(PAPER), default=list(PAPER))
+    p.add_argument("--archs", nargs="+", choices=tuple(PAPER), default=list(PAPER),
+                   help="the networks to run (default: both)")
     p.add_argument("--mbv2-pretrained", help="MobileNetV2 weights (default: torchvision's "
                    "IMAGENET1K_V1; the paper used d-li14's mobilenetv2_1.0-0c6065bc.pth)")
     p.add_argument("--resnet34-pretrained", help="ResNet34 weights (default: IMAGENET1K_V1)")

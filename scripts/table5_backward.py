@@ -32,7 +32,8 @@ TARGETS = {"resnet34": (2.64e9, 2.07e9), "mobilenet_v2": (220e6, 170e6)}
 
 def parse_args(argv: list[str] | None = None):
     p = launch.parser(__doc__.split("\n")[0])
-    p.add_argument("--archs", nargs="+", choices=tuple(TARGETS), default=list(TARGETS))
+    p.add_argument("--archs", nargs="+", choices=tuple(TARGETS), default=list(TARGETS),
+                   help="the networks to run (default: both)")
     p.add_argument("--mbv2-pretrained", help="MobileNetV2 weights (default: IMAGENET1K_V1)")
     p.add_argument("--resnet34-pretrained", help="ResNet34 weights (default: IMAGENET1K_V1)")
     p.add_argument("--mbv2-epsilons", type=launch.epsilon_list,
