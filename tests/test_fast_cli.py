@@ -16,8 +16,8 @@ from pruning.checkpoint import load
 ROOT = Path(__file__).resolve().parents[1]
 ARGS = ["--dataset", "synthetic", "--synthetic-images", "160", "--eval-images", "20",
         "--batch-size", "8", "--eval-batch-size", "20", "--workers", "0", "--no-progress",
-        "--candidates", "3", "--device", "cpu", "--image-size", "16", "--epsilon", "1.0",
-        "--evaluator", "plain"]
+        "--candidates", "2", "--device", "cpu", "--image-size", "16", "--stop", "fraction",
+        "--keep-fraction", "0.01", "--evaluator", "plain"]
 
 
 def test_torchrun_with_two_ranks_prunes_like_one_process(tmp_path):

@@ -188,7 +188,7 @@ def assert_same_selection(first, second):
 @pytest.mark.parametrize("arch,kind,selected,settings,batch_size,fraction", [
     ("mobilenet_v2", "hidden+outputs",
      ("features.1.hidden", "features.2.output", "features.3.hidden"),
-     SelectionSettings(candidates=8), 8, 0.25),
+     SelectionSettings(candidates=8, replacement=True), 8, 0.25),
     ("resnet34", "inner", ("layer1.1.inner", "layer2.0.inner"),
      SelectionSettings(candidates=6, replacement=False, seed=3), 4, 0.05),
 ])
@@ -275,24 +275,25 @@ def test_shortlist_picks_the_exact_best_of_the_top_k_and_always_scores_the_verte
     picks, returned = [], []
 
     class Returned:
-        def losses(self, *args):
-            returned.append(evaluator.losses(*args))
-            return returned[-1]
+        def losses(self, unit, counts, candidates, batch):
+            returned.append((candidates, evaluator.losses(unit, counts, candidates, batch)))
+            return returned[-1][1]
 
     selected = {"features.3.hidden", "features.6.hidden"}
-    greedy_forward_selection(
+    greedy_forward_selection(  # without replacement: the pool shrinks, positions != channels
         [u for u in units if u.name in selected], masks, Returned(), Batches(7),
-        MaxFraction(0.1), SelectionSettings(),
+        MaxFraction(0.1), SelectionSettings(replacement=False),
         log_step=lambda unit, step, best, loss, e: picks.append(best))
     assert len(picks) == len(spy.scores) >= 10
     vertex_was_not_best = 0
-    for best, got, scores, exact in zip(picks, returned, spy.scores, spy.exact):
+    for pick, (pool, got), scores, exact in zip(picks, returned, spy.scores, spy.exact):
         listed = torch.isfinite(got)
         assert int(listed.sum()) == 4
         vertex = int(torch.argmin(scores))
         assert listed[vertex]  # the Frank-Wolfe vertex is always evaluated exactly
         torch.testing.assert_close(got[listed], exact[listed], rtol=RTOL, atol=0)
-        assert best == int(torch.nonzero(listed)[torch.argmin(exact[listed])])
+        best = int(torch.nonzero(listed)[torch.argmin(exact[listed])])  # a position in pool
+        assert pick == int(pool[best])
         assert exact[best] <= exact[vertex]  # the inequality the proof of Lemma 1 needs
         vertex_was_not_best += best != vertex
     assert vertex_was_not_best > 0  # the exact evaluation of the shortlist does matter
