@@ -85,19 +85,19 @@ def report(root: Path, out: Path, name: str | None = None) -> tuple[Path, Path]:
         raise SystemExit(f"error: no summary.json under {root}")
     prunes = {p["run"].resolve(): p for p in prune}
     labelled = sorted(((label(r, prunes), r) for r in train),
-                      key=lambda lr: (lr[0][1], -lr[1]["macs"]))
-    rows = [[text, fmt_macs(r["macs"]), f"{r['params'] / 1e6:.2f}M", f"{r['top1']:.2f}",
-             f"{r['top5']:.2f}", r["epochs"], r["run"].relative_to(root)]
+                      key=lambda lr: (lr[1].get("arch", ""), lr[0][1], -lr[1]["macs"]))
+    rows = [[r.get("arch", "—"), text, fmt_macs(r["macs"]), f"{r['params'] / 1e6:.2f}M",
+             f"{r['top1']:.2f}", f"{r['top5']:.2f}", r["epochs"], r["run"].relative_to(root)]
             for (text, _), r in labelled]
-    sel_rows = [[selection(p), fmt_macs(p["macs"]), f"{p['macs'] / p['dense_macs']:.3f}",
-                 f"{p['params'] / 1e6:.2f}M", f"{p['loss_pruned']:.4f}", f"{p['top1_pruned']:.2f}",
-                 p["run"].relative_to(root)]
-                for p in sorted(prune, key=lambda p: (selection(p), -p["macs"]))]
+    sel_rows = [[p.get("arch", "—"), selection(p), fmt_macs(p["macs"]),
+                 f"{p['macs'] / p['dense_macs']:.3f}", f"{p['params'] / 1e6:.2f}M",
+                 f"{p['loss_pruned']:.4f}", f"{p['top1_pruned']:.2f}", p["run"].relative_to(root)]
+                for p in sorted(prune, key=lambda p: (p.get("arch", ""), selection(p), -p["macs"]))]
     text = (f"# {name}\n\n## Trained networks\n\n"
-            + markdown(["method", "MACs", "params", "top-1", "top-5", "fine-tune epochs", "run"],
-                       rows)
+            + markdown(["arch", "method", "MACs", "params", "top-1", "top-5", "fine-tune epochs",
+                        "run"], rows)
             + "\n\n## Selections (before training; loss and top-1 on the training subset)\n\n"
-            + markdown(["selection", "MACs", "of dense", "params", "loss", "top-1", "run"],
+            + markdown(["arch", "selection", "MACs", "of dense", "params", "loss", "top-1", "run"],
                        sel_rows) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     md = out / f"{name}.md"
@@ -105,15 +105,16 @@ def report(root: Path, out: Path, name: str | None = None) -> tuple[Path, Path]:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     series: dict[str, list[dict]] = {}
-    for (_, group), r in labelled:
-        series.setdefault(group, []).append(r)
+    for (_, group), r in labelled:  # one curve per network and method
+        series.setdefault(f"{r.get('arch', '')} {group}".strip(), []).append(r)
     for i, (group, runs) in enumerate(sorted(series.items())):
         runs = sorted(runs, key=lambda r: r["macs"])
         ax.plot([r["macs"] / 1e6 for r in runs], [r["top1"] for r in runs],
-                marker="*" if group == "dense" else MARKERS[i % len(MARKERS)],
-                markersize=11 if group == "dense" else 6,
-                linestyle="none" if group == "dense" else "-", label=group)
-    ax.set_xlabel("MACs (M, ptflops)")
+                marker="*" if group.endswith("dense") else MARKERS[i % len(MARKERS)],
+                markersize=11 if group.endswith("dense") else 6,
+                linestyle="none" if group.endswith("dense") else "-", label=group)
+    ax.set_xscale("log")  # networks of different sizes side by side
+    ax.set_xlabel("MACs (M, ptflops; log scale)")
     ax.set_ylabel("top-1 (%)")
     ax.set_title(f"{name}: MACs vs top-1 after training")
     ax.grid(alpha=0.3)

@@ -68,17 +68,18 @@ def test_report_writes_the_table_and_the_plot_from_json(runs, tmp_path):
     assert (md.name, png.name) == ("table9.md", "table9_macs_top1.png")
     text = md.read_text()
     rows = [line for line in text.splitlines() if line.startswith("| ")]
-    assert ("| greedy, epsilon 0.05; fine-tuned | 220.0M | 22.00M | 71.55 | 91.55 | 150 | "
+    mb = "| mobilenet_v2 | "
+    assert (mb + "greedy, epsilon 0.05; fine-tuned | 220.0M | 22.00M | 71.55 | 91.55 | 150 | "
             "greedy/finetune |") in rows
-    assert ("| greedy, epsilon 0.05; re-trained from scratch | 220.0M | 22.00M | 70.25 | 90.25 | "
-            "300 | greedy/scratch |") in rows
-    assert "| uniform, keep 0.7; fine-tuned | 210.0M | 21.00M | 69.50 | 89.50 | 150 | " \
-           "uniform/finetune |" in rows
-    assert any(r.startswith("| magnitude, same kept channels; fine-tuned |") for r in rows)
-    assert any(r.startswith("| dense (evaluated) | 300.0M |") for r in rows)
+    assert (mb + "greedy, epsilon 0.05; re-trained from scratch | 220.0M | 22.00M | 70.25 | "
+            "90.25 | 300 | greedy/scratch |") in rows
+    assert (mb + "uniform, keep 0.7; fine-tuned | 210.0M | 21.00M | 69.50 | 89.50 | 150 | "
+            "uniform/finetune |") in rows
+    assert any(r.startswith(mb + "magnitude, same kept channels; fine-tuned |") for r in rows)
+    assert any(r.startswith(mb + "dense (evaluated) | 300.0M |") for r in rows)
     # the selections section: loss and top-1 before training, MACs as a share of the dense
-    assert "| greedy, epsilon 0.05 | 220.0M | 0.733 | 22.00M | 1.2500 | 61.50 | greedy/prune |" \
-        in rows
+    assert (mb + "greedy, epsilon 0.05 | 220.0M | 0.733 | 22.00M | 1.2500 | 61.50 | "
+            "greedy/prune |") in rows
     image = matplotlib.image.imread(png)
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
