@@ -22,7 +22,7 @@ from torch import nn
 from pruning.evaluators import CandidateEvaluator
 from pruning.masks import Masks
 from pruning.metrics import Batch
-from pruning.selection import SelectionSettings, StepLog
+from pruning.selection import SelectionSettings, StepLog, layer_by_layer
 from pruning.stop import StopRule
 from pruning.units import Unit
 
@@ -116,16 +116,6 @@ def backward_elimination(
     after_unit: Callable[[Unit, dict[str, torch.Tensor]], None] | None = None,
     log_step: StepLog | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Backward elimination over all units, input to output, like ``greedy_forward_selection``."""
-    counts = dict(completed or {})
-    for name, c in counts.items():
-        masks.set_counts(name, c)
-    for index, unit in enumerate(units):
-        if unit.name in counts:
-            continue
-        counts[unit.name] = eliminate_unit(
-            unit, masks, evaluator, batches, stop, settings, index, log_step
-        )
-        if after_unit is not None:
-            after_unit(unit, counts)
-    return counts
+    """Backward elimination over all units, input to output (see ``layer_by_layer``)."""
+    return layer_by_layer(eliminate_unit, units, masks, evaluator, batches, stop, settings,
+                          completed, after_unit, log_step)

@@ -101,7 +101,11 @@ def select_unit(
     return counts
 
 
-def greedy_forward_selection(
+UnitSearch = Callable[..., torch.Tensor]
+
+
+def layer_by_layer(
+    search_unit: UnitSearch,
     units: list[Unit],
     masks: Masks,
     evaluator: CandidateEvaluator,
@@ -112,7 +116,7 @@ def greedy_forward_selection(
     after_unit: Callable[[Unit, dict[str, torch.Tensor]], None] | None = None,
     log_step: StepLog | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Algorithm 1 over all units; returns the counts of every unit.
+    """Run ``search_unit`` (``select_unit`` or a baseline's) on every unit, input to output.
 
     ``completed`` holds the counts of units finished by an earlier, interrupted run: they are
     installed as they were and skipped. ``after_unit`` runs after each newly completed unit
@@ -124,9 +128,25 @@ def greedy_forward_selection(
     for index, unit in enumerate(units):
         if unit.name in counts:
             continue
-        counts[unit.name] = select_unit(
+        counts[unit.name] = search_unit(
             unit, masks, evaluator, batches, stop, settings, index, log_step
         )
         if after_unit is not None:
             after_unit(unit, counts)
     return counts
+
+
+def greedy_forward_selection(
+    units: list[Unit],
+    masks: Masks,
+    evaluator: CandidateEvaluator,
+    batches: Iterator[Batch],
+    stop: StopRule,
+    settings: SelectionSettings,
+    completed: dict[str, torch.Tensor] | None = None,
+    after_unit: Callable[[Unit, dict[str, torch.Tensor]], None] | None = None,
+    log_step: StepLog | None = None,
+) -> dict[str, torch.Tensor]:
+    """Algorithm 1 over all units; returns the counts of every unit (see ``layer_by_layer``)."""
+    return layer_by_layer(select_unit, units, masks, evaluator, batches, stop, settings,
+                          completed, after_unit, log_step)
