@@ -73,7 +73,7 @@ from tqdm import tqdm
 
 import data
 import models
-from data.seeding import mix_seed
+from data.seeding import mix_seed, seed_everything
 from models.weights import PretrainedDownloadError, load_pretrained
 from pruning import distributed
 from pruning.checkpoint import FORMAT, load, rebuild, save_atomic
@@ -262,17 +262,9 @@ def check_args(args: argparse.Namespace, world: distributed.World) -> None:
 
 def _parse_device(text: str, world: distributed.World) -> torch.device:
     try:
-        device = torch.device(text)
-    except RuntimeError as error:
-        raise UsageError(f"--device: unknown device {text!r} ({error})") from None
-    if device.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {text}: expected cpu or cuda[:index]")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError(f"--device {text}: CUDA is not available on this machine")
-        if world.distributed:
-            device = torch.device("cuda", world.local_rank)
-    return device
+        return distributed.resolve_device(text, world)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def saved_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -468,12 +460,6 @@ def make_scheduler(
 # ----------------------------------------------------------------------------------------------
 # Random state
 # ----------------------------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def rng_state() -> dict[str, Any]:

@@ -25,18 +25,17 @@ and only rank 0 shows progress and writes files.
 import argparse
 import json
 import math
-import random
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 import data
+from data.seeding import seed_everything
 import models
 from models.suffix import splitter
 from models.weights import PretrainedDownloadError, load_pretrained
@@ -127,18 +126,6 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     return p
 
 
-def parse_device(text: str) -> torch.device:
-    try:
-        device = torch.device(text)
-    except RuntimeError as error:
-        raise ValueError(f"--device: unknown device {text!r} ({error})") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"--device {text}: CUDA is not available on this machine")
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"--device {text}: expected cpu or cuda[:index]")
-    return device
-
-
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no data or model, so bad input fails in a second."""
     if not args.epsilon > 0:
@@ -163,13 +150,7 @@ def check_args(args: argparse.Namespace) -> None:
             raise ValueError(f"--shortlist must be >= 1, got {args.shortlist}")
         if args.method != "greedy" or args.evaluator != "fast":
             raise ValueError("--shortlist needs --method greedy and --evaluator fast")
-    args.device = parse_device(args.device)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    args.device = distributed.resolve_device(args.device, distributed.world_from_env())
 
 
 def selection_args(args: argparse.Namespace) -> dict:
@@ -247,8 +228,6 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     args.width = getattr(args, "width", 1.0)
     check_args(args)
     world = distributed.init(args.device.type)
-    if world.distributed and args.device.type == "cuda":
-        args.device = torch.device("cuda", world.local_rank)
     out = Path(args.output_dir)
     state = load_state(args, out)
     if args.pretrained:  # refuse weights of another architecture/width before scanning any data

@@ -5,8 +5,14 @@ integers: one synthetic image per ``(seed, split, index)``, one shuffle per ``(s
 Seeding a generator with ``seed + index`` would make neighbouring streams overlap (seed 0 image
 1 == seed 1 image 0), so the integers are mixed with splitmix64 instead. The result depends only
 on the inputs, not on Python's per-process hash randomisation, so it is the same in every
-DataLoader worker, every rank and every run.
+DataLoader worker, every rank and every run. ``seed_everything`` seeds the global generators
+the scripts start from.
 """
+
+import random
+
+import numpy as np
+import torch
 
 _MASK64 = (1 << 64) - 1
 
@@ -28,3 +34,10 @@ def mix_seed(*values: int) -> int:
     for value in values:
         state = _splitmix64(state ^ (int(value) & _MASK64))
     return state >> 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators (NumPy takes only 32 bits)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

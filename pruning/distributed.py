@@ -25,6 +25,7 @@ __all__ = [
     "broadcast_buffers",
     "cleanup",
     "init",
+    "resolve_device",
     "is_main",
     "world_from_env",
 ]
@@ -65,6 +66,22 @@ def world_from_env() -> World:
     if world.size < 1 or not 0 <= world.rank < world.size:
         raise ValueError(f"RANK={world.rank}, WORLD_SIZE={world.size}: inconsistent")
     return world
+
+
+def resolve_device(text: str, world: World) -> torch.device:
+    """``--device`` checked before any work; under torchrun each rank takes cuda:LOCAL_RANK."""
+    try:
+        device = torch.device(text)
+    except RuntimeError as error:
+        raise ValueError(f"--device: unknown device {text!r} ({error})") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"--device {text}: expected cpu or cuda[:index]")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {text}: CUDA is not available on this machine")
+        if world.distributed:
+            device = torch.device("cuda", world.local_rank)
+    return device
 
 
 def init(device_type: str) -> World:
