@@ -47,6 +47,7 @@ from pruning.evaluators import CandidateEvaluator, PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
+from pruning.measure import SubsetMeasure
 from pruning.metrics import loss_and_top1
 from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection
 from pruning.shortlist import ShortlistEvaluator
@@ -62,6 +63,12 @@ SELECTION_ARGS = (
     "match_kept", "shortlist",
 )
 METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
+
+
+def say(text: str) -> None:
+    """Print on rank 0 only: under torchrun every rank makes the same selection."""
+    if distributed.is_main():
+        print(text, flush=True)
 
 
 def build_parser(arch: str) -> argparse.ArgumentParser:
@@ -163,7 +170,7 @@ def load_state(args: argparse.Namespace, out: Path) -> dict | None:
     path = out / STATE_FILE
     if not path.exists():
         if args.resume:
-            print(f"--resume: no {STATE_FILE} in {out}, starting from the first unit")
+            say(f"--resume: no {STATE_FILE} in {out}, starting from the first unit")
         return None
     if not args.resume:
         raise ValueError(f"--output-dir {out} holds a run in progress ({STATE_FILE}); "
@@ -250,14 +257,14 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
 
     model = models.build(arch, args.width, num_classes)
     if args.pretrained:
-        print(load_pretrained(model, arch, args.pretrained))
+        say(load_pretrained(model, arch, args.pretrained))
     else:
-        print("no --pretrained given: pruning a randomly initialized network")
+        say("no --pretrained given: pruning a randomly initialized network")
     model.to(device).eval()
     units = models.prunable_units(arch, model, args.units)
     masks = Masks(model, units)
     dense_loss, dense_top1 = loss_and_top1(model, eval_batches)
-    print(f"dense: loss {dense_loss:.4f}, top-1 {100 * dense_top1:.2f}% on {len(eval_indices)} "
+    say(f"dense: loss {dense_loss:.4f}, top-1 {100 * dense_top1:.2f}% on {len(eval_indices)} "
           f"training images; {len(units)} units, {sum(u.size for u in units)} channels")
 
     completed, drawn, previous_seconds = {}, 0, 0.0
@@ -265,14 +272,15 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         completed, drawn = state["completed"], state["batches_drawn"]
         previous_seconds = state["seconds"]
         model.load_state_dict(state["model"])
-        print(f"resuming after {len(completed)} of {len(units)} units")
+        say(f"resuming after {len(completed)} of {len(units)} units")
     loader = data.make_infinite_loader(train_set, args.batch_size, seed=args.seed,
                                        start_batch=drawn, workers=args.workers,
                                        pin_memory=device.type == "cuda")
     batches = BatchStream(loader, device, drawn)
 
-    def measure():
-        return loss_and_top1(model, eval_batches)
+    # the stop rules' measurement reuses each unit's block inputs on the subset (fast runs)
+    measure = SubsetMeasure(model, eval_batches,
+                            splitter(arch, model) if args.evaluator == "fast" else None)
 
     if args.match_kept:
         stop = MatchKept(matched_kept(args.match_kept, units))
@@ -316,13 +324,14 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         kept = int((counts[unit.name] > 0).sum())
         if writer is not None:
             writer.add_scalar("select/kept_fraction", kept / unit.size, len(counts))
-        loss, top1 = measure()
-        print(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
+        loss, top1 = measure(unit)
+        say(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
               f"(dense {dense_loss:.4f}), top-1 {100 * top1:.2f}%")
         if steps_between:
             short_finetune(model, batches, steps_between, args.finetune_lr,
                            seed=args.seed * 1_000_003 + len(counts))
             sync_model(model)  # ranks continue from rank 0's weights, not their own rounding
+            measure.forget()
         if world.is_main:
             save_atomic({"args": selection_args(args), "completed": counts,
                          "batches_drawn": batches.drawn, "model": model.state_dict(),
@@ -379,7 +388,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         (out / "summary.json").write_text(json.dumps(summary, indent=2))
         (out / STATE_FILE).unlink(missing_ok=True)
     distributed.barrier()
-    print(f"MACs {macs / 1e6:.1f}M of {dense_macs / 1e6:.1f}M, params {params / 1e6:.2f}M of "
+    say(f"MACs {macs / 1e6:.1f}M of {dense_macs / 1e6:.1f}M, params {params / 1e6:.2f}M of "
           f"{dense_params / 1e6:.2f}M; loss {slim_loss:.4f} (dense {dense_loss:.4f}), "
           f"top-1 {100 * slim_top1:.2f}% (dense {100 * dense_top1:.2f}%); "
           f"slim vs masked max |diff| {max_diff:.2e}; wrote {out / 'pruned.pth'}")

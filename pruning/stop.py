@@ -19,7 +19,8 @@ import torch
 
 from pruning.units import Unit
 
-Measure = Callable[[], tuple[float, float]]  # current (loss, top1) on the evaluation subset
+# current (loss, top1) on the evaluation subset while ``unit`` is being selected
+Measure = Callable[[Unit], tuple[float, float]]
 
 
 class StopRule:
@@ -41,7 +42,7 @@ class LossGap(StopRule):
         self.epsilon, self.dense_loss, self.measure = epsilon, dense_loss, measure
 
     def done(self, unit: Unit, counts: torch.Tensor) -> bool:
-        self.last_loss, _ = self.measure()
+        self.last_loss, _ = self.measure(unit)
         return self.last_loss - self.dense_loss < self.epsilon
 
 
@@ -53,10 +54,10 @@ class Top1Tolerance(StopRule):
         self.reference = 0.0
 
     def start(self, unit: Unit) -> None:
-        _, self.reference = self.measure()
+        _, self.reference = self.measure(unit)
 
     def done(self, unit: Unit, counts: torch.Tensor) -> bool:
-        self.last_loss, top1 = self.measure()
+        self.last_loss, top1 = self.measure(unit)
         return top1 >= (1 - self.tol) * self.reference
 
 

@@ -139,11 +139,11 @@ def test_dense_weights_reproduce_the_network_and_empty_selection_removes_the_uni
 def test_stop_rules():
     unit = tiny_units()[0]
     losses = iter([(3.0, 0.1), (2.05, 0.5), (2.0, 0.9)])
-    gap = LossGap(0.1, dense_loss=1.99, measure=lambda: next(losses))
+    gap = LossGap(0.1, dense_loss=1.99, measure=lambda unit: next(losses))
     counts = torch.zeros(8, dtype=torch.long)
     assert [gap.done(unit, counts) for _ in range(3)] == [False, True, True]
     readings = iter([(1.0, 0.80), (1.5, 0.70), (1.2, 0.79)])
-    tol = Top1Tolerance(0.02, measure=lambda: next(readings))
+    tol = Top1Tolerance(0.02, measure=lambda unit: next(readings))
     tol.start(unit)
     assert [tol.done(unit, counts), tol.done(unit, counts)] == [False, True]
     frac = MaxFraction(0.25)
@@ -160,7 +160,7 @@ def test_loss_gap_stops_a_unit_early_and_keeps_fewer_channels():
     masks = Masks(net, units)
     fixed = [next(Recorder(5)) for _ in range(2)]
 
-    def measure():
+    def measure(unit=None):
         with torch.no_grad():
             loss = sum(F.cross_entropy(net(x), y).item() for x, y in fixed) / len(fixed)
         return loss, 0.0
@@ -181,7 +181,7 @@ def test_without_replacement_the_loss_gap_rule_always_holds_by_the_end_of_a_unit
     masks = Masks(net, units)
     fixed = [next(Recorder(5))]
 
-    def measure():
+    def measure(unit=None):
         with torch.no_grad():
             return F.cross_entropy(net(fixed[0][0]), fixed[0][1]).item(), 0.0
 

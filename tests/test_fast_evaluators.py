@@ -15,6 +15,8 @@ from models.suffix import splitter
 from pruning.evaluators import PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator, PrefixCachedEvaluator
 from pruning.masks import Masks, mixing_weights
+from pruning.measure import SubsetMeasure
+from pruning.metrics import loss_and_top1
 from pruning.selection import SelectionSettings, greedy_forward_selection
 from pruning.shortlist import ShortlistEvaluator, shortlist
 from pruning.stop import MaxFraction
@@ -327,3 +329,34 @@ def test_gpu_settings_channels_last_and_bf16_autocast(arch):
                                rtol=1e-2, atol=0)
     torch.testing.assert_close(bf16.linear_scores(unit, counts, candidates, batch(8)), scores,
                                rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("arch,kind", CASES)
+def test_subset_measure_with_cached_block_inputs_equals_the_full_forward(arch, kind):
+    """The stop rule's measurement from a unit's cached block inputs is the full network's, while
+    the unit's own mask changes step by step, and is recomputed after ``forget``."""
+    model = make_model(arch)
+    units = models.prunable_units(arch, model, kind)
+    masks = Masks(model, units)
+    select_some(units, masks)
+    batches = [batch(30), batch(31, size=5)]
+    measure = SubsetMeasure(model, batches, splitter(arch, model))
+    for unit in (units[0], units[len(units) // 2], units[-1]):
+        for step in range(3):
+            counts = torch.zeros(unit.size, dtype=torch.long)
+            counts[: 1 + step * unit.size // 3] = 1
+            masks.set_counts(unit.name, counts)
+            loss, top1 = measure(unit)
+            assert measure.cached
+            want_loss, want_top1 = loss_and_top1(model, batches)
+            assert loss == pytest.approx(want_loss, rel=RTOL)
+            assert top1 == want_top1
+    unit = units[len(units) // 2]
+    measure(unit)
+    earlier = units[0]
+    masks.set_counts(earlier.name, torch.ones(earlier.size, dtype=torch.long))  # a changed prefix
+    measure.forget()
+    assert measure(unit)[0] == pytest.approx(loss_and_top1(model, batches)[0], rel=RTOL)
+    too_small = SubsetMeasure(model, batches, splitter(arch, model), cache_bytes=0)
+    assert too_small(unit)[0] == pytest.approx(loss_and_top1(model, batches)[0], rel=RTOL)
+    assert not too_small.cached
