@@ -25,6 +25,7 @@ and only rank 0 shows progress and writes files.
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,12 +56,13 @@ from pruning.slim import slim_model
 from pruning.stop import LossGap, MatchKept, MaxFraction, Top1Tolerance
 
 STATE_FILE = "selection_state.pth"
-# Arguments that change what is selected: a resumed run must use the same values.
+# Arguments that change what is selected (the evaluator only by float rounding, which can flip a
+# near tie): a resumed run must use the same values.
 SELECTION_ARGS = (
     "arch", "width", "units", "dataset", "data_path", "image_size", "synthetic_images",
     "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size", "eval_images",
     "candidates", "with_replacement", "seed", "finetune_between", "finetune_lr", "method",
-    "match_kept", "shortlist",
+    "match_kept", "shortlist", "evaluator",
 )
 METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
 
@@ -128,7 +130,8 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                    help="continue the run in --output-dir from its last completed unit")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                   help="DataLoader worker processes")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
     return p
 

@@ -27,7 +27,8 @@ def test_torchrun_with_two_ranks_prunes_like_one_process(tmp_path):
                "--output-dir", str(shared)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("wrote") == 2  # both ranks finished the run
+    # both ranks finished (torchrun's exit code); only rank 0 printed
+    assert result.stdout.count("wrote") == 1 and result.stdout.count("dense: loss") == 1
     reference = prune_cli.run("resnet34", [*ARGS, "--output-dir", str(single)])
     summary = json.loads((shared / "summary.json").read_text())
     assert summary["kept"] == reference["kept"]
