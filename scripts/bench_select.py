@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torchvision_compat  # noqa: E402, F401
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import data  # noqa: E402
 import models  # noqa: E402
@@ -135,6 +136,26 @@ class Rig:
                       torch.randint(0, NUM_CLASSES, (args.batch_size,),
                                     generator=generator).to(args.device))
 
+    @torch.no_grad()
+    def flop_bound(self, unit) -> float:
+        """FLOPs of a full forward over FLOPs of the unit's tail: the most that evaluating each
+        candidate with its own tail forward can save over ``plain`` at equal FLOP rates.
+
+        Counted by ``torch.utils.flop_counter`` (convolutions and matmuls). Batching candidates
+        beats it only by running more FLOPs per second (a GPU filled by many candidates).
+        """
+        x = self.batch[0][:1]
+        split = splitter(self.arch, self.model)(unit)
+        h, skip = split.hidden(split.prefix(x))
+        conv = split.consumer
+        out = h if conv is None else F.conv2d(h, conv.weight, conv.bias, conv.stride,
+                                               conv.padding, conv.dilation, conv.groups)
+        with FlopCounterMode(display=False) as full:
+            self.model(x)
+        with FlopCounterMode(display=False) as tail:
+            split.tail(skip, out)
+        return full.get_total_flops() / tail.get_total_flops()
+
     def step_time(self, rung: str, unit, repeats: int = 1) -> float:
         """Seconds of one greedy step over all N candidates of ``unit`` (see module docstring),
         the fastest of ``repeats`` timings: other processes only ever add time."""
@@ -168,8 +189,10 @@ def speed_rows(args: argparse.Namespace) -> tuple[list[tuple], tuple[float, floa
                 times[rung] = rig.step_time(rung, unit, repeats=2)
                 log(f"{arch} {name} {rung}: {times[rung]:.3f} s/step")
             plain_per_candidate.append(times["plain"] / unit.size)
+            bound = rig.flop_bound(unit)
             for rung, t in times.items():
-                rows.append((arch, name, unit.size, rung, t, unit.size / t, times["plain"] / t))
+                rows.append((arch, name, unit.size, rung, t, unit.size / t, times["plain"] / t,
+                             None if rung.startswith("shortlist") else bound))
         if arch == "mobilenet_v2":
             whole = whole_selection(rig, sum(plain_per_candidate) / len(plain_per_candidate))
     return rows, whole
@@ -293,9 +316,11 @@ def main() -> None:
     print(f"Greedy step time, {args.image_size} px, batch {args.batch_size}, "
           f"device: {device_name(args.device)}")
     print(f"{'arch':<13}{'unit':<19}{'N':>5}  {'evaluator':<14}{'step s':>10}{'cand/s':>10}"
-          f"{'speed-up':>10}")
-    for arch, name, n, rung, t, rate, speedup in rows:
-        print(f"{arch:<13}{name:<19}{n:>5}  {rung:<14}{t:>10.3f}{rate:>10.1f}{speedup:>9.1f}x")
+          f"{'speed-up':>10}{'FLOP bound':>12}")
+    for arch, name, n, rung, t, rate, speedup, bound in rows:
+        limit = "" if bound is None else f"{bound:>11.1f}x"
+        print(f"{arch:<13}{name:<19}{n:>5}  {rung:<14}{t:>10.3f}{rate:>10.1f}{speedup:>9.1f}x"
+              f"{limit}")
     (agree, steps), (late_agree, late_steps) = fid["all"], fid["late"]
     print(f"shortlist fidelity (MobileNetV2 w0.5, 32 px, trained on synthetic data; 17 hidden "
           f"units, {args.fidelity_fraction:.0%} kept, batch {args.fidelity_batch_size}): "
