@@ -302,6 +302,14 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
 
     writer = SummaryWriter(str(out / "tb")) if world.is_main else None
     bars: dict[str, tqdm] = {}
+    pending = [u for u in units if u.name not in completed]
+
+    def open_bar(position: int) -> None:
+        """The next unit's bar, opened when its selection starts so that its rate is right."""
+        if writer is not None and not args.no_progress and position < len(pending):
+            unit = pending[position]
+            bars[unit.name] = tqdm(total=unit.size, desc=unit.name, leave=False)
+
     global_step = [sum(int(c.sum()) for c in completed.values())]
 
     def log_step(unit, step, best, batch_loss, eval_loss):
@@ -311,10 +319,8 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         writer.add_scalar("select/batch_loss", batch_loss, global_step[0])
         if eval_loss is not None:
             writer.add_scalar("select/eval_loss_gap", eval_loss - dense_loss, global_step[0])
-        if not args.no_progress:
-            bar = bars.get(unit.name)
-            if bar is None:
-                bar = bars[unit.name] = tqdm(total=unit.size, desc=unit.name, leave=False)
+        bar = bars.get(unit.name)
+        if bar is not None:
             bar.update(1)
             if eval_loss is not None:
                 bar.set_postfix(gap=f"{eval_loss - dense_loss:.4f}")
@@ -329,7 +335,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
             writer.add_scalar("select/kept_fraction", kept / unit.size, len(counts))
         loss, top1 = measure(unit)
         say(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
-              f"(dense {dense_loss:.4f}), top-1 {100 * top1:.2f}%")
+            f"(dense {dense_loss:.4f}), top-1 {100 * top1:.2f}%")
         if steps_between:
             short_finetune(model, batches, steps_between, args.finetune_lr,
                            seed=args.seed * 1_000_003 + len(counts))
@@ -340,6 +346,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
                          "batches_drawn": batches.drawn, "model": model.state_dict(),
                          "seconds": time.time() - start + previous_seconds},
                         out / STATE_FILE)
+        open_bar(pending.index(unit) + 1)
 
     if args.method in FIXED_SIZE_METHODS:
         generator = torch.Generator().manual_seed(args.seed)
@@ -349,6 +356,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
             masks.set_counts(name, c)
     else:
         search = greedy_forward_selection if args.method == "greedy" else backward_elimination
+        open_bar(0)
         counts = search(units, masks, evaluator, batches, stop, settings, completed, after_unit,
                         log_step)
     if writer is not None:
