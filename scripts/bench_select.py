@@ -1,7 +1,7 @@
 """Benchmark of the candidate evaluators of greedy forward selection (tracker issue 6).
 
     python scripts/bench_select.py                 # GPU at 224 px if CUDA is available
-    python scripts/bench_select.py --device cpu    # CPU, one thread, 64 px (about 5 minutes)
+    python scripts/bench_select.py --device cpu    # CPU, one thread, 64 px (about 7 minutes)
 
 Prints one table: for an early, a middle and a late unit of MobileNetV2 and of ResNet34, the
 time of one greedy step (all N candidates of the unit) and candidates per second for
@@ -72,18 +72,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image-size", type=int, help="default: 224 on GPU, 64 on CPU")
     p.add_argument("--batch-size", type=int, help="mini-batch per step (default: 128 GPU, 32 CPU)")
     p.add_argument("--shortlist", type=int, default=16, help="K of the shortlist rung")
-    p.add_argument("--fidelity-fraction", type=float,
-                   help="kept fraction of each unit in the fidelity run (default: 0.3 GPU, "
-                        "0.15 CPU)")
+    p.add_argument("--fidelity-fraction", type=float, default=0.3,
+                   help="kept fraction of each unit in the fidelity run")
     p.add_argument("--fidelity-batch-size", type=int,
-                   help="mini-batch of the fidelity run (default: 128 GPU, 8 CPU)")
+                   help="mini-batch of the fidelity run (default: 128 GPU, 16 CPU)")
+    p.add_argument("--fidelity-train-steps", type=int, default=400,
+                   help="AdamW steps (batch 64) that train the fidelity run's network")
     args = p.parse_args()
     args.device = torch.device(args.device)
     gpu = args.device.type == "cuda"
     args.image_size = args.image_size or (224 if gpu else 64)
     args.batch_size = args.batch_size or (128 if gpu else 32)
-    args.fidelity_fraction = args.fidelity_fraction or (0.3 if gpu else 0.15)
-    args.fidelity_batch_size = args.fidelity_batch_size or (128 if gpu else 8)
+    args.fidelity_batch_size = args.fidelity_batch_size or (128 if gpu else 16)
     return args
 
 
@@ -247,7 +247,7 @@ def fidelity(args: argparse.Namespace) -> dict:
     held_out = (torch.stack([val[i][0] for i in range(len(val))]).to(device),
                 torch.tensor(val.targets, device=device))
     model = models.build("mobilenet_v2", 0.5, 10).to(device)
-    steps, generator = 150, torch.Generator().manual_seed(0)
+    steps, generator = args.fidelity_train_steps, torch.Generator().manual_seed(0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
     model.train()
@@ -322,7 +322,8 @@ def main() -> None:
         print(f"{arch:<13}{name:<19}{n:>5}  {rung:<14}{t:>10.3f}{rate:>10.1f}{speedup:>9.1f}x"
               f"{limit}")
     (agree, steps), (late_agree, late_steps) = fid["all"], fid["late"]
-    print(f"shortlist fidelity (MobileNetV2 w0.5, 32 px, trained on synthetic data; 17 hidden "
+    print(f"shortlist fidelity (MobileNetV2 w0.5, 32 px, trained {args.fidelity_train_steps} "
+          f"steps on synthetic data; 17 hidden "
           f"units, {args.fidelity_fraction:.0%} kept, batch {args.fidelity_batch_size}): "
           f"top-{k} pick = exact argmin in {agree}/{steps} steps ({agree / steps:.1%}), in "
           f"{late_agree}/{late_steps} steps with |S| >= {LATE_STEP} "
