@@ -268,7 +268,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     masks = Masks(model, units)
     dense_loss, dense_top1 = loss_and_top1(model, eval_batches)
     say(f"dense: loss {dense_loss:.4f}, top-1 {100 * dense_top1:.2f}% on {len(eval_indices)} "
-          f"training images; {len(units)} units, {sum(u.size for u in units)} channels")
+        f"training images; {len(units)} units, {sum(u.size for u in units)} channels")
 
     completed, drawn, previous_seconds = {}, 0, 0.0
     if state is not None:
@@ -400,9 +400,9 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         (out / STATE_FILE).unlink(missing_ok=True)
     distributed.barrier()
     say(f"MACs {macs / 1e6:.1f}M of {dense_macs / 1e6:.1f}M, params {params / 1e6:.2f}M of "
-          f"{dense_params / 1e6:.2f}M; loss {slim_loss:.4f} (dense {dense_loss:.4f}), "
-          f"top-1 {100 * slim_top1:.2f}% (dense {100 * dense_top1:.2f}%); "
-          f"slim vs masked max |diff| {max_diff:.2e}; wrote {out / 'pruned.pth'}")
+        f"{dense_params / 1e6:.2f}M; loss {slim_loss:.4f} (dense {dense_loss:.4f}), "
+        f"top-1 {100 * slim_top1:.2f}% (dense {100 * dense_top1:.2f}%); "
+        f"slim vs masked max |diff| {max_diff:.2e}; wrote {out / 'pruned.pth'}")
     return summary
 
 
