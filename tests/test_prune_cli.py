@@ -181,3 +181,18 @@ def test_a_killed_process_resumes_to_the_uninterrupted_selection(tmp_path):
                                        "fraction", "--keep-fraction", "0.06"))
     a, b = load(tmp_path / "straight" / "pruned.pth"), load(tmp_path / "killed" / "pruned.pth")
     assert a["cfg"] == b["cfg"]
+
+
+def test_fast_and_plain_evaluators_make_the_same_loss_gap_run(tmp_path):
+    """The whole loss-gap run, fast (candidates from cached prefixes, the stop rule measured from
+    each unit's cached block inputs) against plain (full forwards everywhere): same channels."""
+    runs = {}
+    for evaluator in ("fast", "plain"):
+        out = tmp_path / evaluator
+        runs[evaluator] = prune_cli.run("resnet34", tiny(out, "--epsilon", "0.1", "--image-size",
+                                                         "16", "--evaluator", evaluator))
+        runs[evaluator]["cfg"] = load(out / "pruned.pth")["cfg"]
+    fast, plain = runs["fast"], runs["plain"]
+    assert fast["selections"] == plain["selections"] > 2 * 16  # units stop after several steps
+    assert fast["cfg"] == plain["cfg"]
+    assert fast["loss_pruned"] == pytest.approx(plain["loss_pruned"], rel=1e-5)
