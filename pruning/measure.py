@@ -63,10 +63,10 @@ class SubsetMeasure:
         self.model.eval()
         inputs = self._block_inputs(unit)
         if inputs is None:
-            self.model.train(was_training)
-            return loss_and_top1(self.model, self.batches)
-        rest = self.splits(unit).rest
-        result = mean_loss_and_top1(
-            (rest(z), y) for z, (_, y) in zip(inputs, self.batches, strict=True))
+            result = loss_and_top1(self.model, self.batches)
+        else:
+            rest = self.splits(unit).rest
+            result = mean_loss_and_top1(
+                (rest(z), y) for z, (_, y) in zip(inputs, self.batches, strict=True))
         self.model.train(was_training)
         return result
