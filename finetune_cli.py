@@ -567,13 +567,13 @@ def evaluate(model: nn.Module, loader: DataLoader, args: argparse.Namespace) -> 
 # ----------------------------------------------------------------------------------------------
 
 
-def _load_resume(args: argparse.Namespace, out: Path, world: distributed.World) -> dict | None:
+def _load_resume(args: argparse.Namespace, out: Path) -> dict | None:
     """last.pth of the run in ``out`` when --resume is given, after checking it is the same run;
     refuses to overwrite a run otherwise."""
     path = out / "last.pth"
     if not path.exists():
-        if args.resume and world.is_main:
-            print(f"--resume: no last.pth in {out}, starting from the first epoch")
+        if args.resume:
+            distributed.say(f"--resume: no last.pth in {out}, starting from the first epoch")
         return None
     if not args.resume:
         raise UsageError(f"--output-dir {out} holds a run (last.pth); pass --resume to continue "
@@ -614,7 +614,7 @@ def prepare(arch: str, argv: list[str] | None) -> dict[str, Any]:
             raise UsageError(f"--output-dir {out} holds a training run; give --evaluate-only "
                              "its own --output-dir")
     else:
-        resume = _load_resume(args, out, world)
+        resume = _load_resume(args, out)
     # checked before any data is read: a checkpoint of another architecture fails in a second
     pruned = read_pruned(args.pruned, arch) if args.pruned and resume is None else None
 
@@ -672,7 +672,7 @@ def _summary(setup: dict[str, Any], metrics: dict[str, Any], epochs: int, second
 
 def _train(setup: dict[str, Any], start: float) -> dict[str, Any]:
     args, world, out, info = setup["args"], setup["world"], setup["out"], setup["info"]
-    log = print if world.is_main else (lambda *_, **__: None)
+    log = distributed.say
     net = setup["model"].to(args.device)
     if args.channels_last:
         net = net.to(memory_format=torch.channels_last)

@@ -41,6 +41,7 @@ import models
 from models.suffix import splitter
 from models.weights import PretrainedDownloadError, load_pretrained
 from pruning import distributed
+from pruning.distributed import say
 from pruning.baselines import FIXED_SIZE_METHODS, backward_elimination, fixed_size_counts
 from pruning.checkpoint import load, pruned_checkpoint, save_atomic, selection_cfg
 from pruning.distributed_select import CandidatePartition, RankZeroStop, sync_model
@@ -65,12 +66,6 @@ SELECTION_ARGS = (
     "match_kept", "shortlist", "evaluator",
 )
 METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
-
-
-def say(text: str) -> None:
-    """Print on rank 0 only: under torchrun every rank makes the same selection."""
-    if distributed.is_main():
-        print(text, flush=True)
 
 
 def build_parser(arch: str) -> argparse.ArgumentParser:

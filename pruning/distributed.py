@@ -26,6 +26,7 @@ __all__ = [
     "cleanup",
     "init",
     "resolve_device",
+    "say",
     "is_main",
     "world_from_env",
 ]
@@ -66,6 +67,13 @@ def world_from_env() -> World:
     if world.size < 1 or not 0 <= world.rank < world.size:
         raise ValueError(f"RANK={world.rank}, WORLD_SIZE={world.size}: inconsistent")
     return world
+
+
+def say(text: str) -> None:
+    """Print on rank 0 only: the other ranks compute the same thing. Reads the rank torchrun
+    announced, so it is right before and after ``init``."""
+    if world_from_env().is_main:
+        print(text, flush=True)
 
 
 def resolve_device(text: str, world: World) -> torch.device:
