@@ -27,7 +27,8 @@ Files in ``--output-dir``:
     best.pth              checkpoint at the best validation top-1 so far
     epoch_XXX.pth         every ``--save-every`` epochs (pre-training snapshots to prune later)
     metrics.jsonl         one JSON line per epoch
-    summary.json          arch, macs, params, top1, top5 (percent), num_classes, epochs, seconds...
+    summary.json          arch, macs, params, top1, top5 (percent), num_classes, epochs, seconds,
+                          the device name, torch/CUDA versions and whether TF32 was allowed...
     tb/                   TensorBoard: train loss and learning rate, val top-1/top-5/loss
 
 Checkpoint format (plain data, written atomically, readable with ``weights_only=True``)::
@@ -60,6 +61,7 @@ import math
 import random
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,7 @@ from pruning import distributed
 from pruning.checkpoint import FORMAT, load, rebuild, save_atomic
 from pruning.flops import macs_and_params
 from pruning.grda import gRDA, grda_param_groups, sparsity_report
+from pruning.precision import device_name, runtime_record, set_tf32, tf32_in_effect
 
 TRAIN_FORMAT = "greedy-forward-selection/train-v1"
 
@@ -185,6 +188,10 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                                       "GradScaler)")
     s.add_argument("--channels-last", action="store_true", help="NHWC memory format")
     s.add_argument("--compile", action="store_true", help="torch.compile the training model")
+    s.add_argument("--tf32", action=argparse.BooleanOptionalAction, default=True,
+                   help="let float32 convolutions and matmuls run in TF32 on Ampere and newer "
+                        "GPUs (faster, 10-bit mantissa); --no-tf32 keeps IEEE float32 (no "
+                        "effect on a CPU or under --amp)")
     o = p.add_argument_group("run")
     o.add_argument("--output-dir", default=f"runs/{arch}_finetune",
                    help="checkpoints, metrics.jsonl, summary.json, tb/")
@@ -258,6 +265,7 @@ def check_args(args: argparse.Namespace, world: distributed.World) -> None:
     if args.optimizer == "sgd" and args.nesterov and args.momentum == 0:
         raise UsageError("--nesterov needs --momentum > 0 (or pass --no-nesterov)")
     args.device = _parse_device(args.device, world)
+    set_tf32(args.tf32)
 
 
 def _parse_device(text: str, world: distributed.World) -> torch.device:
@@ -490,8 +498,9 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def _autocast(args: argparse.Namespace):
-    dtype = getattr(torch, args.amp) if args.amp else None
-    return torch.autocast(args.device.type, dtype=dtype, enabled=args.amp is not None)
+    if args.amp is None:
+        return nullcontext()
+    return torch.autocast(args.device.type, dtype=getattr(torch, args.amp))
 
 
 def _prepare(x: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
@@ -545,18 +554,23 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, args: argparse.Namespace) -> dict[str, float]:
-    """Loss, top-1 and top-5 (percent) on the validation set, summed exactly over all ranks."""
+    """Loss, top-1 and top-5 (percent) on the validation set, summed exactly over all ranks.
+
+    The sums stay on the device until the end: one host read per evaluation, not per batch.
+    """
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64, device=args.device)  # loss, top-1, top-5, count
+    sums = torch.zeros(3, dtype=torch.float64, device=args.device)  # loss, top-1, top-5
+    count = 0
     for x, y in loader:
         x, y = _prepare(x, args), y.to(args.device, non_blocking=True)
         with _autocast(args):
             logits = model(x)
         logits = logits.float()
         hits = logits.topk(min(5, logits.shape[1]), dim=1).indices.eq(y[:, None])
-        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"), hits[:, 0].sum(),
-                             hits.any(dim=1).sum(), torch.tensor(y.numel())]).double()
-    loss, top1, top5, count = distributed.all_reduce_sum(sums.tolist(), args.device)
+        sums += torch.stack([F.cross_entropy(logits, y, reduction="sum"),
+                             hits[:, 0].sum().float(), hits.any(dim=1).sum().float()]).double()
+        count += y.numel()
+    loss, top1, top5, count = distributed.all_reduce_sum([*sums.tolist(), count], args.device)
     if count == 0:
         raise UsageError("the validation set is empty")
     return {"val_loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
@@ -666,7 +680,8 @@ def _summary(setup: dict[str, Any], metrics: dict[str, Any], epochs: int, second
         "val_loss": metrics["val_loss"], "dense_macs": setup["dense_macs"],
         "dense_params": setup["dense_params"], "pruned": info["cfg"] is not None,
         "init": info["init"], "dataset": args.dataset, "image_size": setup["image_size"],
-        "world_size": setup["world"].size, **extra, "args": saved_args(args),
+        "world_size": setup["world"].size, **runtime_record(args.device), **extra,
+        "args": saved_args(args),
     }
 
 
@@ -726,9 +741,11 @@ def _train(setup: dict[str, Any], start: float) -> dict[str, Any]:
         if world.is_main:
             _keep_metrics_up_to(out / "metrics.jsonl", first_epoch)
         log(f"resuming after epoch {first_epoch} of {epochs}")
+    precision = f"autocast {args.amp}" if args.amp else (
+        "float32, TF32 allowed" if tf32_in_effect(args.device) else "IEEE float32")
     log(f"training {epochs} epochs x {len(train)} steps, global batch {args.batch_size} on "
         f"{world.size} process(es), {args.optimizer} lr {args.lr} ({args.lr_schedule}), "
-        f"{len(setup['train_set'])} training images")
+        f"{len(setup['train_set'])} training images, {precision} on {device_name(args.device)}")
 
     writer = None
     if world.is_main:

@@ -13,8 +13,11 @@ Selection runs the network in eval mode (BatchNorm uses its running statistics, 
 released code) on mini-batches with the evaluation transform, drawn from one persistent loader.
 The stop rule's losses are measured on a fixed, class-balanced subset of the training set.
 Candidate scoring goes through one ``pruning.evaluators.CandidateEvaluator``; which one is used
-changes only the speed, never the selection (up to float rounding: ``--evaluator fast`` runs in
-bf16 on GPU). ``--shortlist K`` does change it: each step evaluates exactly only the K best
+changes only the speed, never the selection (up to float rounding: ``--precision bf16``, the
+default on a GPU, computes the fast evaluator's candidate losses under bf16 autocast). Everything
+else that decides or reports (the plain evaluator, the stop rule's measurement, the first-order
+scores, the slim-vs-masked check) runs in IEEE float32 with TF32 off (``pruning.precision``).
+``--shortlist K`` does change the selection: each step evaluates exactly only the K best
 candidates of the first-order ranking (``pruning.shortlist``).
 
 Under ``torchrun --nproc_per_node=N`` every rank draws the same mini-batches and scores its share
@@ -51,6 +54,7 @@ from pruning.flops import macs_and_params
 from pruning.masks import Masks
 from pruning.measure import SubsetMeasure
 from pruning.metrics import loss_and_top1
+from pruning.precision import CANDIDATE_PRECISIONS, exact_float32, runtime_record
 from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection
 from pruning.shortlist import ShortlistEvaluator
 from pruning.slim import slim_model
@@ -63,7 +67,7 @@ SELECTION_ARGS = (
     "arch", "width", "units", "dataset", "data_path", "image_size", "synthetic_images",
     "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size", "eval_images",
     "candidates", "with_replacement", "seed", "finetune_between", "finetune_lr", "method",
-    "match_kept", "shortlist", "evaluator",
+    "match_kept", "shortlist", "evaluator", "precision",
 )
 METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
 
@@ -110,6 +114,9 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                    help="plain: one full forward per candidate (the released code); fast: the "
                         "same losses from a cached prefix, additive updates and batched "
                         "candidates (bf16 and channels_last on GPU)")
+    p.add_argument("--precision", choices=tuple(CANDIDATE_PRECISIONS), default=None,
+                   help="candidate losses of --evaluator fast: bf16 autocast or IEEE float32 "
+                        "(default: bf16 on a GPU, fp32 on a CPU and with --evaluator plain)")
     p.add_argument("--shortlist", type=int, default=None,
                    help="greedy: evaluate exactly only the K best candidates of the first-order "
                         "(Frank-Wolfe) ranking, which keeps the guarantee; default: all")
@@ -156,6 +163,12 @@ def check_args(args: argparse.Namespace) -> None:
         if args.method != "greedy" or args.evaluator != "fast":
             raise ValueError("--shortlist needs --method greedy and --evaluator fast")
     args.device = distributed.resolve_device(args.device, distributed.world_from_env())
+    if args.precision is None:
+        gpu_fast = args.device.type == "cuda" and args.evaluator == "fast"
+        args.precision = "bf16" if gpu_fast else "fp32"
+    elif args.precision == "bf16" and args.evaluator == "plain":
+        raise ValueError("--precision bf16 needs --evaluator fast (the plain evaluator is the "
+                         "float32 reference)")
 
 
 def selection_args(args: argparse.Namespace) -> dict:
@@ -199,10 +212,10 @@ def build_evaluator(args: argparse.Namespace, model, masks,
     if args.evaluator == "plain":
         evaluator = PlainEvaluator(model, masks)
     else:
-        gpu = args.device.type == "cuda"
         evaluator = FastEvaluator(model, splitter(args.arch, model),
                                   default_samples_per_pass(args.device),
-                                  amp=torch.bfloat16 if gpu else None, channels_last=gpu)
+                                  amp=CANDIDATE_PRECISIONS[args.precision],
+                                  channels_last=args.device.type == "cuda")
     if world.distributed:
         evaluator = CandidatePartition(evaluator)
     if args.shortlist is not None:
@@ -358,13 +371,14 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         writer.close()
 
     pruned_loss, pruned_top1 = loss_and_top1(model, eval_batches)
-    with torch.no_grad():
+    with torch.no_grad(), exact_float32():
         masked_logits = model(eval_batches[0][0])
     weights = {name: w.detach().clone() for name, w in masks.weights.items()}
     masks.remove()
     slim, kept = slim_model(model, units, weights)
-    with torch.no_grad():
+    with torch.no_grad(), exact_float32():
         max_diff = (slim(eval_batches[0][0]) - masked_logits).abs().max().item()
+    rel_diff = max_diff / max(masked_logits.abs().max().item(), 1e-30)
     slim_loss, slim_top1 = loss_and_top1(slim, eval_batches)
     dense_macs, dense_params = macs_and_params(models.build(arch, args.width, num_classes),
                                                image_size)
@@ -381,10 +395,11 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         "loss_dense": dense_loss, "top1_dense": 100 * dense_top1,
         "loss_pruned": slim_loss, "top1_pruned": 100 * slim_top1,
         "loss_pruned_masked": pruned_loss, "top1_pruned_masked": 100 * pruned_top1,
-        "max_abs_diff_slim_vs_masked": max_diff,
+        "max_abs_diff_slim_vs_masked": max_diff, "max_rel_diff_slim_vs_masked": rel_diff,
         "eval_images": len(eval_indices), "batches_drawn": batches.drawn,
         "seconds": time.time() - start + previous_seconds,
-        "device": str(device), "args": {k: str(v) for k, v in vars(args).items()},
+        "device": str(device), **runtime_record(device, args.precision),
+        "args": {k: str(v) for k, v in vars(args).items()},
     }
     if world.is_main:
         cfg = selection_cfg(units, counts, kept)
@@ -397,7 +412,8 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     say(f"MACs {macs / 1e6:.1f}M of {dense_macs / 1e6:.1f}M, params {params / 1e6:.2f}M of "
         f"{dense_params / 1e6:.2f}M; loss {slim_loss:.4f} (dense {dense_loss:.4f}), "
         f"top-1 {100 * slim_top1:.2f}% (dense {100 * dense_top1:.2f}%); "
-        f"slim vs masked max |diff| {max_diff:.2e}; wrote {out / 'pruned.pth'}")
+        f"slim vs masked max |diff| {max_diff:.2e} ({rel_diff:.1e} of max |logit|); candidates "
+        f"{args.precision}; wrote {out / 'pruned.pth'}")
     return summary
 
 

@@ -15,6 +15,7 @@ from torch import nn
 
 from pruning.masks import Masks
 from pruning.metrics import Batch
+from pruning.precision import exact
 from pruning.units import Unit
 
 
@@ -22,15 +23,21 @@ class CandidateEvaluator(Protocol):
     def losses(
         self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch
     ) -> torch.Tensor:
-        """Loss l_k of the network with ``counts + e_k`` for each k in ``candidates`` (1-D)."""
+        """Loss l_k of the network with ``counts + e_k`` for each k in ``candidates`` (1-D).
+
+        ``counts`` and ``candidates`` live on the CPU, ``batch`` on the model's device; the
+        result is a float64 CPU tensor, read from the device once per call (one host sync per
+        greedy step, not one per candidate).
+        """
         ...
 
 
 class PlainEvaluator:
     """One full forward pass of the whole network per candidate, as the released code does.
 
-    Exact and architecture-free, so it is the reference every faster evaluator is tested against.
-    The unit's mask is restored to ``counts`` before returning.
+    Exact and architecture-free, so it is the reference every faster evaluator is tested against:
+    it runs in IEEE float32 (``pruning.precision``). The unit's mask is restored to ``counts``
+    before returning.
     """
 
     def __init__(self, model: nn.Module, masks: Masks):
@@ -49,17 +56,20 @@ class PlainEvaluator:
         return self._trial_losses(unit, counts, candidates, batch, -1)
 
     @torch.no_grad()
+    @exact
     def _trial_losses(
         self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch, delta: int
     ) -> torch.Tensor:
         x, y = batch
         self.model.eval()
-        result = torch.empty(len(candidates), dtype=torch.float64)
-        trial = counts.clone()
-        for i, k in enumerate(candidates.tolist()):
+        trial = counts.to(x.device, copy=True)  # edited there: no host sync per candidate
+        result = []
+        for k in candidates.tolist():
             trial[k] += delta
             self.masks.set_counts(unit.name, trial)
-            result[i] = F.cross_entropy(self.model(x).float(), y).item()
+            result.append(F.cross_entropy(self.model(x).float(), y))
             trial[k] -= delta
-        self.masks.set_counts(unit.name, counts)
-        return result
+        self.masks.set_counts(unit.name, trial)
+        if not result:
+            return torch.empty(0, dtype=torch.float64)
+        return torch.stack(result).double().cpu()

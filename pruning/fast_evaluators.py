@@ -36,6 +36,7 @@ from torch import nn
 
 from pruning.masks import Masks, mixing_weights
 from pruning.metrics import Batch
+from pruning.precision import exact
 from pruning.units import Unit
 
 Tensor = torch.Tensor
@@ -63,10 +64,16 @@ Splitter = Callable[[Unit], UnitSplit]
 
 
 def stacked_losses(logits: Tensor, y: Tensor) -> Tensor:
-    """Mean cross-entropy of each of the c stacked B-sample copies in ``logits`` (c*B rows)."""
+    """Mean cross-entropy of each of the c stacked B-sample copies in ``logits`` (c*B rows),
+    as float64 on the logits' device (callers read all of a step's losses back at once)."""
     copies = logits.shape[0] // y.shape[0]
     per_sample = F.cross_entropy(logits.float(), y.repeat(copies), reduction="none")
-    return per_sample.view(copies, y.shape[0]).mean(1).double().cpu()
+    return per_sample.view(copies, y.shape[0]).mean(1).double()
+
+
+def _to_host(parts: list[Tensor]) -> Tensor:
+    """One step's losses as a float64 CPU tensor: the only device-to-host read of a step."""
+    return torch.cat(parts).cpu() if parts else torch.empty(0, dtype=torch.float64)
 
 
 def _chunks(candidates: Tensor, size: int) -> Iterator[Tensor]:
@@ -86,20 +93,21 @@ class PrefixCachedEvaluator:
         self.model, self.masks, self.splits = model, masks, splits
 
     @torch.no_grad()
+    @exact
     def losses(self, unit: Unit, counts: Tensor, candidates: Tensor, batch: Batch) -> Tensor:
         x, y = batch
         self.model.eval()
         split = self.splits(unit)
         z = split.prefix(x)
-        result = torch.empty(len(candidates), dtype=torch.float64)
-        trial = counts.clone()
-        for i, k in enumerate(candidates.tolist()):
+        trial = counts.to(x.device, copy=True)  # edited there: no host sync per candidate
+        parts = []
+        for k in candidates.tolist():
             trial[k] += 1
             self.masks.set_counts(unit.name, trial)
-            result[i] = stacked_losses(split.rest(z), y)[0]
+            parts.append(stacked_losses(split.rest(z), y))
             trial[k] -= 1
-        self.masks.set_counts(unit.name, counts)
-        return result
+        self.masks.set_counts(unit.name, trial)
+        return _to_host(parts)
 
 
 @dataclass
@@ -117,11 +125,12 @@ class FastEvaluator:
 
     ``samples_per_pass`` bounds the samples of one tail forward: floor(samples_per_pass / B)
     candidates (at least one) are stacked per pass; it is the memory knob. ``amp`` (e.g.
-    ``torch.bfloat16``) runs the candidates' losses under autocast (the linear scores stay in
-    float32); ``channels_last`` converts the model once and feeds it channels-last tensors.
-    Both are for GPUs; with neither, on CPU, the losses equal ``PlainEvaluator``'s up to float32
-    rounding. The unit's mask is left as it was: the candidates' weights are applied here,
-    never installed in ``Masks``.
+    ``torch.bfloat16``, the prune scripts' ``--precision bf16``) runs the candidates' losses
+    under autocast; without it they are IEEE float32 (TF32 off, ``pruning.precision``), as are
+    the linear scores always. ``channels_last`` converts the model once and feeds it
+    channels-last tensors (for GPUs). Without ``amp`` the losses equal ``PlainEvaluator``'s up
+    to float32 rounding. The unit's mask is left as it was: the candidates' weights are applied
+    here, never installed in ``Masks``.
     """
 
     def __init__(self, model: nn.Module, splits: Splitter, samples_per_pass: int = 256,
@@ -207,6 +216,7 @@ class FastEvaluator:
         return self._trial_losses(unit, counts, candidates, batch, -1)
 
     @torch.no_grad()
+    @exact  # matters without ``amp``; under bf16 autocast convolutions are bf16 anyway
     def _trial_losses(self, unit: Unit, counts: Tensor, candidates: Tensor, batch: Batch,
                       sign: int) -> Tensor:
         device = batch[0].device
@@ -221,8 +231,9 @@ class FastEvaluator:
                 out = self._with_bias(step, self._contributions(step, base, scale, sign, ks))
                 parts.append(stacked_losses(step.split.tail(step.skip, self._layout(out)),
                                             step.y))
-        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float64)
+        return _to_host(parts)
 
+    @exact
     def linear_scores(self, unit: Unit, counts: Tensor, candidates: Tensor,
                       batch: Batch) -> Tensor:
         """d loss / d w_k at the current weights, for each candidate k: the Frank-Wolfe score.
@@ -231,13 +242,13 @@ class FastEvaluator:
         d loss / d w_k; it ranks the candidates exactly as the linear objective
         <grad loss(u_{k-1}), q> of the proof of Lemma 1 (Wolfe et al., 2023) ranks the vertices
         q_k = N W[:, k] h_k, so its argmin is the Frank-Wolfe vertex. One forward and one
-        backward of the tail, at the batch's own size, always in float32: bf16 gradients rank
-        close candidates poorly, and this pass is cheap next to the candidates' forwards.
+        backward of the tail, at the batch's own size, always in IEEE float32: bf16 gradients
+        rank close candidates poorly, and this pass is cheap next to the candidates' forwards.
         """
         device = batch[0].device
         with torch.no_grad():
             step = self._prepare(unit, batch)
-        weights = mixing_weights(counts).to(device).requires_grad_(True)
+        weights = mixing_weights(counts.to(device)).requires_grad_(True)
         out = self._with_bias(step, self._mix(step, weights))
         logits = step.split.tail(step.skip, self._layout(out))
         (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), step.y), weights)

@@ -17,11 +17,12 @@ from pruning.units import Unit
 
 
 def mixing_weights(counts: torch.Tensor) -> torch.Tensor:
-    """w_j = N * count_j / |S| (zero everywhere when nothing is selected yet)."""
-    total = counts.sum()
-    if total == 0:
-        return torch.zeros(counts.shape, dtype=torch.float32, device=counts.device)
-    return counts.to(torch.float32) * (counts.numel() / total.to(torch.float32))
+    """w_j = N * count_j / |S| (zero everywhere when nothing is selected yet).
+
+    Computed on the counts' device without reading |S| back: no host sync on a GPU.
+    """
+    total = counts.sum().clamp(min=1).to(torch.float32)  # |S| = 0 only with all counts 0
+    return counts.to(torch.float32) * (counts.numel() / total)
 
 
 def _scale_channels(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
@@ -65,13 +66,14 @@ class Masks:
         return hook
 
     def set_counts(self, unit: str, counts: torch.Tensor) -> None:
-        self.set_weights(unit, mixing_weights(counts))
+        """Install the selection ``counts`` (on any device) as the unit's mixing weights."""
+        self.set_weights(unit, mixing_weights(counts.to(self.weights[unit].device)))
 
     def set_weights(self, unit: str, weights: torch.Tensor) -> None:
         target = self.weights[unit]
         if weights.shape != target.shape:
             raise ValueError(f"unit {unit}: expected {target.numel()} weights, got {weights.shape}")
-        target.copy_(weights)
+        target.copy_(weights.to(target.device))
 
     def remove(self) -> None:
         for handle in self._handles:

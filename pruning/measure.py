@@ -7,7 +7,8 @@ fixed: earlier units keep their selection and no weight changes. So the block's 
 subset is computed once, when the measurement first sees u, and each step runs only the network
 from there (``UnitSplit.rest``, which applies every mask, u's included, through the ``Masks``
 hooks). For a late unit this is a small fraction of a full forward; the numbers are the same as
-``loss_and_top1`` on the full network up to float rounding (tested).
+``loss_and_top1`` on the full network up to float rounding (tested). Both run in IEEE float32
+(``pruning.precision``): the stop rule compares losses to the dense loss to within epsilon.
 
 Whoever changes weights between units (the optional short fine-tune) must call ``forget``.
 """
@@ -17,6 +18,7 @@ from torch import nn
 
 from pruning.fast_evaluators import Splitter
 from pruning.metrics import Batch, loss_and_top1, mean_loss_and_top1
+from pruning.precision import exact
 from pruning.units import Unit
 
 
@@ -45,6 +47,7 @@ class SubsetMeasure:
         self._unit, self._inputs = None, None
 
     @torch.no_grad()
+    @exact
     def _block_inputs(self, unit: Unit) -> list[torch.Tensor] | None:
         if self._unit != unit.name:
             self.forget()
@@ -56,6 +59,7 @@ class SubsetMeasure:
         return self._inputs
 
     @torch.no_grad()
+    @exact
     def __call__(self, unit: Unit | None = None) -> tuple[float, float]:
         if unit is None or self.splits is None:
             return loss_and_top1(self.model, self.batches)

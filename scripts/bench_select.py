@@ -2,6 +2,7 @@
 
     python scripts/bench_select.py                 # GPU at 224 px if CUDA is available
     python scripts/bench_select.py --device cpu    # CPU, one thread, 64 px (about 7 minutes)
+    python scripts/bench_select.py --quick         # tiny sizes: checks that it runs, times nothing
 
 Prints one table: for an early, a middle and a late unit of MobileNetV2 and of ResNet34, the
 time of one greedy step (all N candidates of the unit) and candidates per second for
@@ -63,27 +64,37 @@ TABLE_UNITS = {"mobilenet_v2": ("features.2.hidden", "features.9.hidden", "featu
 SLOW_CANDIDATES = 4  # candidates timed for the one-forward-per-candidate rungs
 NUM_CLASSES = 1000
 LATE_STEP = 16  # fidelity is also reported for steps that start with at least this many picks
+QUICK = {"image_size": 16, "batch_size": 2, "shortlist": 4, "fidelity_fraction": 0.02,
+         "fidelity_batch_size": 4, "fidelity_train_steps": 2}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny defaults (16 px, batch 2, K=4, a 2-step-trained fidelity network) "
+                        "for checking that the benchmark runs (scripts/gpu_check.py)")
     p.add_argument("--image-size", type=int, help="default: 224 on GPU, 64 on CPU")
     p.add_argument("--batch-size", type=int, help="mini-batch per step (default: 128 GPU, 32 CPU)")
-    p.add_argument("--shortlist", type=int, default=16, help="K of the shortlist rung")
-    p.add_argument("--fidelity-fraction", type=float, default=0.3,
-                   help="kept fraction of each unit in the fidelity run")
+    p.add_argument("--shortlist", type=int, help="K of the shortlist rung (default: 16)")
+    p.add_argument("--fidelity-fraction", type=float,
+                   help="kept fraction of each unit in the fidelity run (default: 0.3)")
     p.add_argument("--fidelity-batch-size", type=int,
                    help="mini-batch of the fidelity run (default: 128 GPU, 16 CPU)")
-    p.add_argument("--fidelity-train-steps", type=int, default=400,
-                   help="AdamW steps (batch 64) that train the fidelity run's network")
+    p.add_argument("--fidelity-train-steps", type=int,
+                   help="AdamW steps (batch 64) that train the fidelity run's network "
+                        "(default: 400)")
     args = p.parse_args()
     args.device = torch.device(args.device)
     gpu = args.device.type == "cuda"
-    args.image_size = args.image_size or (224 if gpu else 64)
-    args.batch_size = args.batch_size or (128 if gpu else 32)
-    args.fidelity_batch_size = args.fidelity_batch_size or (128 if gpu else 16)
+    defaults = QUICK if args.quick else {
+        "image_size": 224 if gpu else 64, "batch_size": 128 if gpu else 32, "shortlist": 16,
+        "fidelity_fraction": 0.3, "fidelity_batch_size": 128 if gpu else 16,
+        "fidelity_train_steps": 400}
+    for name, value in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     return args
 
 
@@ -296,7 +307,8 @@ def fidelity(args: argparse.Namespace) -> dict:
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return f"{torch.cuda.get_device_name(device)} (bf16 autocast, channels_last in +batched)"
+        return (f"{torch.cuda.get_device_name(device)} (+batched and shortlist: bf16 autocast, "
+                "channels_last; plain, +prefix, +additive: IEEE float32)")
     return f"cpu, {torch.get_num_threads()} thread, fp32"
 
 

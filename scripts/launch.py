@@ -15,8 +15,9 @@ Why it is built this way:
   found by whichever launcher runs first and reused by the others.
 * ``--dry-run`` prints every command and runs nothing; steps that depend on results not yet
   there (the sweep's MACs decide which pruned networks are fine-tuned) are described instead.
-* ``--smoke`` is the whole pipeline in miniature on the synthetic dataset on a CPU (tiny images,
-  MobileNetV2 width 0.5, few candidates per greedy step, one fine-tune epoch), used by the tests.
+* ``--smoke`` is the whole pipeline in miniature on the synthetic dataset (tiny images,
+  MobileNetV2 width 0.5, few candidates per greedy step, one fine-tune epoch), used by the tests;
+  on the CPU unless ``--device`` says otherwise (``scripts/gpu_check.py`` runs one on CUDA).
   Its steps run inside the launcher's process (``runpy``), because starting Python and importing
   torch for each of dozens of tiny steps would cost more than the steps. Full runs start every
   step as its own process, under ``torchrun`` with ``--nproc-per-node`` > 1 (training is data
@@ -131,6 +132,9 @@ def parser(description: str) -> argparse.ArgumentParser:
                                        "CIFAR-10 batches); required unless --smoke")
     p.add_argument("--nproc-per-node", type=int, default=1,
                    help="processes per step (torchrun), e.g. one per GPU")
+    p.add_argument("--device", default=None,
+                   help="--device of every step (default: the scripts' own, cuda when "
+                        "available; cpu with --smoke)")
     return p
 
 
@@ -151,6 +155,7 @@ class Context:
         self.data_path = args.data_path or "DATA_PATH"
         self.runs = args.runs_dir or Path("runs/smoke" if args.smoke else "runs")
         self.in_process = args.smoke  # see the module docstring
+        self.device = args.device or ("cpu" if args.smoke else None)
 
     @property
     def dir(self) -> Path:
@@ -159,11 +164,12 @@ class Context:
     # -- steps ----------------------------------------------------------------------------------
 
     def data_args(self, arch: str, train: bool) -> list[str]:
+        device = ["--device", self.device] if self.device else []
         if not self.smoke:
-            return ["--dataset", self.dataset, "--data-path", self.data_path]
+            return ["--dataset", self.dataset, "--data-path", self.data_path, *device]
         args = ["--dataset", "synthetic", "--synthetic-images", "256",
                 "--image-size", "32" if arch == "mobilenet_v2" else "16",
-                "--workers", "0", "--no-progress", "--device", "cpu"]
+                "--workers", "0", "--no-progress", *device]
         return [*args, "--synthetic-val-images", "128"] if train else args
 
     @property

@@ -9,8 +9,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--device", "cpu", "--image-size", "16", "--batch-size", "2", "--shortlist", "4",
-        "--fidelity-fraction", "0.02", "--fidelity-batch-size", "4", "--fidelity-train-steps", "2"]
+TINY = ["--device", "cpu", "--quick"]
 UNITS = {"mobilenet_v2": ("features.2.hidden", "features.9.hidden", "features.17.hidden"),
          "resnet34": ("layer1.0.inner", "layer3.0.inner", "layer4.2.inner")}
 RUNGS = ("plain", "+prefix", "+additive", "+batched", "shortlist K=4")

@@ -1,0 +1,647 @@
+"""One command that shows a GPU node runs every path of this repository, and runs it right.
+
+    python scripts/gpu_check.py                 # CUDA; a few minutes on one GPU
+    python scripts/gpu_check.py --device cpu    # the same checks at tiny sizes (in `make test`)
+
+Every check runs a repository script as a user would, in its own process, on the synthetic
+dataset at small sizes, and checks what it wrote, not only that it ran: its exit code, finite
+losses in its summary.json, the machine and precision record there, slim-vs-masked logits
+within 1e-4 of the largest logit for every pruned network, a run resumed after a SIGKILL equal
+to an uninterrupted one. Both prune scripts run with each evaluator, --shortlist, each unit
+kind, each method and --finetune-between; the fine-tune scripts with --pruned, --from-scratch,
+dense training, --amp bfloat16 and float16, --channels-last, --compile, --optimizer grda,
+--evaluate-only and --resume; one launcher's --smoke and the selection benchmark's --quick run
+on the same device. Three checks run the engine in this process, on the briefly trained
+MobileNetV2 of the first check:
+
+* the exact parts compute in IEEE float32 on this device (a convolution against float64, with
+  the error TF32 would have made beside it);
+* the fast evaluator's float32 picks equal the plain evaluator's, step by step;
+* how often bf16 candidate losses (``--precision bf16``) pick another channel than float32 over
+  a short selection, and the mean excess of the bf16 pick's float32 loss over the best one.
+
+Independent checks run side by side (``--jobs``). It prints one PASS/FAIL table and exits 1 on
+any FAIL; the files stay in ``--workdir`` (a temporary folder unless given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import torchvision_compat  # noqa: E402, F401
+import torch  # noqa: E402
+
+SLIM_RTOL = 1e-4
+RUNTIME_KEYS = ("device_name", "torch_version", "cuda_version", "tf32", "exact_parts")
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big every check is on one kind of device."""
+
+    images: int  # synthetic training images
+    val_images: int
+    pixels: int
+    batch: int  # training and selection mini-batch
+    eval_images: int  # the stop rule's subset
+    dense_epochs: int
+    prune: tuple[str, ...]  # what every prune run adds (candidate subsets on a CPU)
+    keep: str  # --keep-fraction of the fixed-size runs
+    pick_units: tuple[str, ...]  # units of the in-process pick comparison
+    pick_steps: int  # greedy steps per unit there
+    plain_steps: int  # of which the plain evaluator also scores the first ones
+    jobs: int
+    timeout: int  # seconds per process
+
+
+SIZES = {
+    "cuda": Sizes(images=1024, val_images=256, pixels=32, batch=64, eval_images=256,
+                  dense_epochs=4, prune=(), keep="0.05",
+                  pick_units=("features.2.hidden", "features.9.hidden", "features.17.hidden"),
+                  pick_steps=24, plain_steps=3, jobs=6, timeout=300),
+    "cpu": Sizes(images=128, val_images=32, pixels=16, batch=16, eval_images=32,
+                 dense_epochs=3, prune=("--candidates", "3"), keep="0.05",
+                 pick_units=("features.2.hidden", "features.6.hidden"),
+                 pick_steps=4, plain_steps=2, jobs=2, timeout=600),
+}
+
+
+class CheckFailed(Exception):
+    """A check ran and found something wrong (the message is the table's detail)."""
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    run: Callable[[Context], str]  # returns the table's detail; raises CheckFailed
+    needs: tuple[str, ...] = ()
+
+
+class Context:
+    """The device, sizes and working folder that every check shares."""
+
+    def __init__(self, device: torch.device, sizes: Sizes, workdir: Path):
+        self.device, self.sizes, self.workdir = device, sizes, workdir
+
+    def data(self, train: bool) -> list[str]:
+        s = self.sizes
+        args = ["--dataset", "synthetic", "--synthetic-images", str(s.images), "--image-size",
+                str(s.pixels), "--workers", "0", "--no-progress", "--device", self.device.type]
+        return [*args, "--synthetic-val-images", str(s.val_images)] if train else args
+
+    def dense(self, arch: str) -> Path:
+        return self.workdir / f"dense-{arch}" / "last.pth"
+
+    def prune_argv(self, arch: str, out: str, *extra: str) -> list[str]:
+        s = self.sizes
+        width = ["--width", "0.5"] if arch == "mobilenet_v2" else []
+        return [*self.data(train=False), *width, "--pretrained", str(self.dense(arch)),
+                "--batch-size", str(s.batch), "--eval-images", str(s.eval_images),
+                "--eval-batch-size", str(s.eval_images), *s.prune, *extra,
+                "--output-dir", str(self.workdir / out)]
+
+    def train_argv(self, out: str, *extra: str) -> list[str]:
+        return [*self.data(train=True), "--batch-size", str(self.sizes.batch), *extra,
+                "--output-dir", str(self.workdir / out)]
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.device.type == "cpu":  # the jobs share the cores
+            env["OMP_NUM_THREADS"] = "1"
+        return env
+
+    def popen(self, script: str, argv: Sequence[str], log: Path) -> subprocess.Popen:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        return subprocess.Popen([sys.executable, str(ROOT / script), *argv], cwd=ROOT,
+                                env=self.env(), stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+    def script(self, script: str, argv: Sequence[str], log: Path) -> None:
+        """Run a script to the end; a non-zero exit fails the check with the log's last line."""
+        process = self.popen(script, argv, log)
+        try:
+            code = process.wait(timeout=self.sizes.timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise CheckFailed(f"no exit within {self.sizes.timeout} s (log: {log})") from None
+        if code:
+            raise CheckFailed(f"exit {code}: {last_line(log)} (log: {log})")
+
+
+def last_line(log: Path) -> str:
+    lines = [line for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][-200:] if lines else "(no output)"
+
+
+def read_json(path: Path) -> dict:
+    if not path.exists():
+        raise CheckFailed(f"no {path}")
+    return json.loads(path.read_text())
+
+
+def finite(summary: dict, *keys: str) -> None:
+    bad = [k for k in keys if not math.isfinite(float(summary[k]))]
+    if bad:
+        raise CheckFailed(f"not finite: {', '.join(f'{k}={summary[k]}' for k in bad)}")
+
+
+def runtime_recorded(summary: dict, device: torch.device) -> None:
+    missing = [k for k in RUNTIME_KEYS if k not in summary]
+    if missing:
+        raise CheckFailed(f"summary.json lacks {', '.join(missing)}")
+    if device.type == "cuda" and summary["device_name"] != torch.cuda.get_device_name(device):
+        raise CheckFailed(f"summary.json names device {summary['device_name']!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# The scripts
+# ----------------------------------------------------------------------------------------------
+
+SCRIPTS = {"mobilenet_v2": ("mobile2_prune.py", "mobile2_finetune.py"),
+           "resnet34": ("resnet34_prune.py", "resnet34_finetune.py")}
+
+
+def prune(arch: str, out: str, *extra: str) -> Callable[[Context], str]:
+    def run(ctx: Context) -> str:
+        ctx.script(SCRIPTS[arch][0], ctx.prune_argv(arch, out, *extra), ctx.workdir / f"{out}.log")
+        return pruned_ok(ctx, out)
+
+    return run
+
+
+def pruned_ok(ctx: Context, out: str) -> str:
+    """What every prune run must have written, and the table's detail about it."""
+    summary = read_json(ctx.workdir / out / "summary.json")
+    finite(summary, "loss_dense", "loss_pruned", "loss_pruned_masked")
+    runtime_recorded(summary, ctx.device)
+    if "candidate_precision" not in summary:
+        raise CheckFailed("summary.json lacks candidate_precision")
+    rel = summary["max_rel_diff_slim_vs_masked"]
+    if not rel <= SLIM_RTOL:
+        raise CheckFailed(f"slim vs masked differ by {rel:.1e} of the largest logit")
+    return (f"loss {summary['loss_pruned']:.3f} (dense {summary['loss_dense']:.3f}), "
+            f"{summary['macs'] / 1e6:.1f}M/{summary['dense_macs'] / 1e6:.1f}M MACs, slim vs "
+            f"masked {rel:.0e}, candidates {summary['candidate_precision']}")
+
+
+def train(arch: str, out: str, *extra: str) -> Callable[[Context], str]:
+    def run(ctx: Context) -> str:
+        ctx.script(SCRIPTS[arch][1], ctx.train_argv(out, *extra), ctx.workdir / f"{out}.log")
+        return trained_ok(ctx, out)
+
+    return run
+
+
+def trained_ok(ctx: Context, out: str) -> str:
+    summary = read_json(ctx.workdir / out / "summary.json")
+    finite(summary, "val_loss", "top1")
+    runtime_recorded(summary, ctx.device)
+    detail = f"val loss {summary['val_loss']:.3f}, top-1 {summary['top1']:.1f}%"
+    metrics = ctx.workdir / out / "metrics.jsonl"
+    if metrics.exists():
+        last = json.loads(metrics.read_text().splitlines()[-1])
+        finite(last, "train_loss")
+        detail = f"train loss {last['train_loss']:.3f}, {detail}"
+    return f"{detail}, TF32 {'on' if summary['tf32'] else 'off'}"
+
+
+def dense(arch: str, *extra: str) -> Callable[[Context], str]:
+    def run(ctx: Context) -> str:
+        width = ["--width", "0.5"] if arch == "mobilenet_v2" else []
+        return train(arch, f"dense-{arch}", *width, "--epochs", str(ctx.sizes.dense_epochs),
+                     "--lr", "0.05", "--lr-schedule", "cosine", *extra)(ctx)
+
+    return run
+
+
+def finetune_pruned(arch: str, source: str, out: str, *extra: str) -> Callable[[Context], str]:
+    def run(ctx: Context) -> str:
+        pruned = str(ctx.workdir / source / "pruned.pth")
+        return train(arch, out, "--pruned", pruned, "--epochs", "1", *extra)(ctx)
+
+    return run
+
+
+def evaluate_only(ctx: Context) -> str:
+    return train("mobilenet_v2", "evaluate-only", "--width", "0.5", "--pretrained",
+                 str(ctx.dense("mobilenet_v2")), "--evaluate-only")(ctx)
+
+
+def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: float) -> None:
+    """SIGKILL ``process`` as soon as ``ready()``; fails if it ends first or never gets there."""
+    deadline = time.time() + timeout
+    while not ready():
+        if process.poll() is not None:
+            raise CheckFailed(f"ended (exit {process.returncode}) before it could be killed")
+        if time.time() > deadline:
+            process.kill()
+            raise CheckFailed("never reached the point to kill it")
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    if process.returncode != -signal.SIGKILL:
+        raise CheckFailed(f"ended with exit {process.returncode} before the SIGKILL")
+
+
+def loadable(path: Path) -> dict | None:
+    """The checkpoint at ``path``, or None while it does not exist yet (written atomically)."""
+    from pruning.checkpoint import load
+
+    return load(path) if path.exists() else None
+
+
+def prune_resume(ctx: Context) -> str:
+    """A prune run SIGKILLed after its second unit, resumed, equals an uninterrupted run."""
+    from pruning.checkpoint import load
+    from prune_cli import STATE_FILE
+
+    extra = ("--stop", "fraction", "--keep-fraction", ctx.sizes.keep)
+    straight = prune("mobilenet_v2", "resume-prune-straight", *extra)(ctx)
+    argv = ctx.prune_argv("mobilenet_v2", "resume-prune-killed", *extra)
+    state = ctx.workdir / "resume-prune-killed" / STATE_FILE
+    log = ctx.workdir / "resume-prune-killed.log"
+    kill_when(ctx.popen("mobile2_prune.py", argv, log),
+              lambda: (s := loadable(state)) is not None and len(s["completed"]) >= 2,
+              ctx.sizes.timeout)
+    if (state.parent / "pruned.pth").exists():
+        raise CheckFailed("the killed run wrote pruned.pth")
+    ctx.script("mobile2_prune.py", [*argv, "--resume"], ctx.workdir / "resume-prune-again.log")
+    a = load(ctx.workdir / "resume-prune-straight" / "pruned.pth")
+    b = load(state.parent / "pruned.pth")
+    if a["cfg"] != b["cfg"]:
+        raise CheckFailed("the resumed run selected other channels than the uninterrupted one")
+    pruned_ok(ctx, "resume-prune-killed")
+    return f"killed after 2 of 17 units, resumed: the same selection; straight run: {straight}"
+
+
+def finetune_resume(ctx: Context) -> str:
+    """A fine-tune SIGKILLed after its first epoch, resumed, equals an uninterrupted run."""
+    source = str(ctx.workdir / "mbv2-fast" / "pruned.pth")
+    extra = ("--pruned", source, "--epochs", "3")
+    train("mobilenet_v2", "resume-ft-straight", *extra)(ctx)
+    argv = ctx.train_argv("resume-ft-killed", *extra)
+    last = ctx.workdir / "resume-ft-killed" / "last.pth"
+    log = ctx.workdir / "resume-ft-killed.log"
+    kill_when(ctx.popen("mobile2_finetune.py", argv, log),
+              lambda: (s := loadable(last)) is not None and s["epoch"] >= 1, ctx.sizes.timeout)
+    if (last.parent / "summary.json").exists():
+        raise CheckFailed("the killed run wrote summary.json")
+    ctx.script("mobile2_finetune.py", [*argv, "--resume"], ctx.workdir / "resume-ft-again.log")
+    trained_ok(ctx, "resume-ft-killed")
+
+    def metrics(out: str) -> list[dict]:
+        lines = (ctx.workdir / out / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines]
+
+    a, b = metrics("resume-ft-straight"), metrics("resume-ft-killed")
+    if [m["epoch"] for m in a] != [m["epoch"] for m in b]:
+        raise CheckFailed(f"epochs {[m['epoch'] for m in b]}, uninterrupted {len(a)}")
+    diff = max(abs(x[k] - y[k]) / max(abs(x[k]), 1e-12) for x, y in zip(a, b, strict=True)
+               for k in ("train_loss", "val_loss"))
+    # cuDNN's backward kernels are not bitwise deterministic; a CPU run repeats exactly
+    tolerance = 1e-3 if ctx.device.type == "cuda" else 0.0
+    if diff > tolerance:
+        raise CheckFailed(f"losses differ from the uninterrupted run by {diff:.1e} (relative)")
+    return f"killed after epoch 1 of 3, resumed: losses equal to {diff:.0e} (relative)"
+
+
+def launcher_smoke(ctx: Context) -> str:
+    out = ctx.workdir / "launcher"
+    argv = ["--smoke", "--device", ctx.device.type, "--runs-dir", str(out), "--mbv2-pretrained",
+            str(ctx.dense("mobilenet_v2")), "--mbv2-epsilons", "1.0"]
+    ctx.script("scripts/table2.py", argv, ctx.workdir / "launcher.log")
+    table = out / "table2" / "table.md"
+    if not table.exists():
+        raise CheckFailed(f"no {table}")
+    for path in out.rglob("summary.json"):
+        runtime_recorded(read_json(path), ctx.device)
+    return f"table2.py --smoke on {ctx.device.type}: wrote {table.relative_to(ctx.workdir)}"
+
+
+def bench_quick(ctx: Context) -> str:
+    log = ctx.workdir / "bench_select.log"
+    ctx.script("scripts/bench_select.py", ["--quick", "--device", ctx.device.type], log)
+    lines = log.read_text().splitlines()
+    summary = [line for line in lines if line.startswith("whole MobileNetV2 selection")]
+    if not summary:
+        raise CheckFailed("no summary line")
+    return summary[0].split(";")[0].replace("whole MobileNetV2 selection ", "")[:110]
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine, in this process
+# ----------------------------------------------------------------------------------------------
+
+
+def exact_is_ieee(ctx: Context) -> str:
+    """A convolution under ``exact_float32`` against float64; TF32's error beside it."""
+    from pruning.precision import exact_float32, set_tf32
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 256, 16, 16, generator=generator).to(ctx.device)
+    w = torch.randn(256, 256, 3, 3, generator=generator).to(ctx.device)
+    reference = torch.nn.functional.conv2d(x.double(), w.double(), padding=1)
+
+    def error(y: torch.Tensor) -> float:
+        return ((y.double() - reference).abs().max() / reference.abs().max()).item()
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    set_tf32(True)
+    try:
+        with exact_float32():
+            exact = error(torch.nn.functional.conv2d(x, w, padding=1))
+        loose = error(torch.nn.functional.conv2d(x, w, padding=1))
+        restored = torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    if not restored:
+        raise CheckFailed("exact_float32 did not restore the TF32 flags")
+    if not exact < 1e-5:
+        raise CheckFailed(f"float32 convolution off float64 by {exact:.1e}: not IEEE float32")
+    return f"conv error vs float64: {exact:.1e} exact, {loose:.1e} with TF32 allowed"
+
+
+class PickComparison:
+    """A short greedy selection on the briefly trained MobileNetV2, following the float32 picks,
+    with the plain evaluator and bf16 candidate losses scored at every step beside them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.result: dict | None = None
+
+    def measure(self, ctx: Context) -> dict:
+        with self.lock:
+            if self.result is None:
+                self.result = self._measure(ctx)
+            return self.result
+
+    @staticmethod
+    def _measure(ctx: Context) -> dict:
+        import copy
+
+        import data
+        import models
+        from models.suffix import splitter
+        from models.weights import load_pretrained
+        from pruning.evaluators import PlainEvaluator
+        from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
+        from pruning.masks import Masks
+
+        device, s = ctx.device, ctx.sizes
+        model = models.build("mobilenet_v2", 0.5, 10)
+        load_pretrained(model, "mobilenet_v2", str(ctx.dense("mobilenet_v2")))
+        model.to(device).eval()
+        twin = copy.deepcopy(model)  # channels_last for the bf16 losses, as the prune scripts
+        units = models.prunable_units("mobilenet_v2", model)
+        masks, twin_masks = Masks(model, units), Masks(twin, units)
+        per_pass = default_samples_per_pass(device)
+        fp32 = FastEvaluator(model, splitter("mobilenet_v2", model), per_pass)
+        bf16 = FastEvaluator(twin, splitter("mobilenet_v2", twin), per_pass, amp=torch.bfloat16,
+                             channels_last=device.type == "cuda")
+        plain = PlainEvaluator(model, masks)
+        dataset, _ = data.build_dataset("synthetic", None, "train", image_size=s.pixels,
+                                        augment=False, num_images=s.images)
+        generator = torch.Generator().manual_seed(0)
+        by_name = {u.name: u for u in units}
+        plain_same = plain_steps = flips = steps = 0
+        plain_diff = excess = relative = 0.0
+        for name in s.pick_units:
+            unit = by_name[name]
+            counts = torch.zeros(unit.size, dtype=torch.long)
+            for step in range(s.pick_steps):
+                idx = torch.randint(0, len(dataset), (s.batch,), generator=generator).tolist()
+                x = torch.stack([dataset[i][0] for i in idx]).to(device)
+                y = torch.tensor([dataset[i][1] for i in idx]).to(device)
+                pool = torch.nonzero(counts == 0).flatten()
+                exact = fp32.losses(unit, counts, pool, (x, y))
+                best = int(torch.argmin(exact))
+                if step < s.plain_steps:
+                    reference = plain.losses(unit, counts, pool, (x, y))
+                    plain_steps += 1
+                    plain_same += int(torch.argmin(reference)) == best
+                    plain_diff = max(plain_diff, float(
+                        ((exact - reference).abs() / reference.abs()).max()))
+                rounded = bf16.losses(unit, counts, pool, (x, y))
+                pick = int(torch.argmin(rounded))
+                steps += 1
+                flips += pick != best
+                excess += float(exact[pick] - exact[best])
+                relative += float((exact[pick] - exact[best]) / exact[best])
+                counts[pool[best]] += 1
+                masks.set_counts(name, counts)
+                twin_masks.set_counts(name, counts)
+            masks.set_counts(name, torch.ones(unit.size, dtype=torch.long))  # dense again
+            twin_masks.set_counts(name, torch.ones(unit.size, dtype=torch.long))
+        return {"plain_same": plain_same, "plain_steps": plain_steps, "plain_diff": plain_diff,
+                "flips": flips, "steps": steps, "excess": excess / steps,
+                "relative": relative / steps}
+
+
+PICKS = PickComparison()
+
+
+def fast_equals_plain(ctx: Context) -> str:
+    r = PICKS.measure(ctx)
+    detail = (f"same pick in {r['plain_same']}/{r['plain_steps']} steps, losses within "
+              f"{r['plain_diff']:.0e} (relative)")
+    if r["plain_same"] != r["plain_steps"]:
+        raise CheckFailed(detail)
+    return detail
+
+
+def bf16_against_fp32(ctx: Context) -> str:
+    r = PICKS.measure(ctx)
+    if not math.isfinite(r["excess"]):
+        raise CheckFailed("non-finite losses")
+    return (f"bf16 pick differs in {r['flips']}/{r['steps']} steps "
+            f"({r['flips'] / r['steps']:.0%}); mean loss excess of the bf16 pick "
+            f"{r['excess']:.1e} ({r['relative']:.1e} relative)")
+
+
+# ----------------------------------------------------------------------------------------------
+# The list and the runner
+# ----------------------------------------------------------------------------------------------
+
+
+def checks(keep: str) -> list[Check]:
+    fraction = ("--stop", "fraction", "--keep-fraction", keep)
+    plain = ("--candidates", "3")  # a full forward per candidate: a few candidates per step
+    mb, rn = "dense: mobilenet_v2", "dense: resnet34 --amp bfloat16 --channels-last"
+    greedy = "prune mobilenet_v2 --evaluator fast (loss gap)"
+    rn_fast = "prune resnet34 --evaluator fast"
+    return [
+        Check(mb, dense("mobilenet_v2")),
+        Check(rn, dense("resnet34", "--amp", "bfloat16", "--channels-last")),
+        Check("exact parts in IEEE float32", exact_is_ieee),
+        Check(greedy, prune("mobilenet_v2", "mbv2-fast", "--epsilon", "0.5"), (mb,)),
+        Check("prune mobilenet_v2 --precision fp32",
+              prune("mobilenet_v2", "mbv2-fp32", "--precision", "fp32", *fraction), (mb,)),
+        Check("prune mobilenet_v2 --evaluator plain",
+              prune("mobilenet_v2", "mbv2-plain", "--evaluator", "plain", *plain, *fraction),
+              (mb,)),
+        Check("prune mobilenet_v2 --shortlist 2",
+              prune("mobilenet_v2", "mbv2-shortlist", "--shortlist", "2", *fraction), (mb,)),
+        Check("prune mobilenet_v2 --units hidden+outputs",
+              prune("mobilenet_v2", "mbv2-outputs", "--units", "hidden+outputs", *fraction),
+              (mb,)),
+        Check("prune mobilenet_v2 --units released",
+              prune("mobilenet_v2", "mbv2-released", "--units", "released", *fraction), (mb,)),
+        Check("prune mobilenet_v2 --method backward",
+              prune("mobilenet_v2", "mbv2-backward", "--method", "backward", "--stop",
+                    "fraction", "--keep-fraction", "0.97"), (mb,)),
+        *[Check(f"prune mobilenet_v2 --method {m}",
+                prune("mobilenet_v2", f"mbv2-{m}", "--method", m, "--stop", "fraction",
+                      "--keep-fraction", "0.25"), (mb,)) for m in ("magnitude", "random",
+                                                              "uniform")],
+        Check("prune mobilenet_v2 --finetune-between",
+              prune("mobilenet_v2", "mbv2-between", "--finetune-between", "0.05", *fraction),
+              (mb,)),
+        Check(rn_fast, prune("resnet34", "rn34-fast", *fraction), (rn,)),
+        Check("prune resnet34 --evaluator plain",
+              prune("resnet34", "rn34-plain", "--evaluator", "plain", *plain, *fraction), (rn,)),
+        Check("prune --resume after SIGKILL", prune_resume, (mb,)),
+        Check("fast fp32 picks = plain picks", fast_equals_plain, (mb,)),
+        Check("bf16 vs fp32 candidate picks", bf16_against_fp32, (mb,)),
+        Check("finetune --pruned --amp bfloat16 --channels-last",
+              finetune_pruned("mobilenet_v2", "mbv2-fast", "ft-bf16", "--amp", "bfloat16",
+                              "--channels-last"), (greedy,)),
+        Check("finetune --pruned --from-scratch",
+              finetune_pruned("mobilenet_v2", "mbv2-fast", "ft-scratch", "--from-scratch",
+                              "--scratch-max-factor", "1"), (greedy,)),
+        Check("finetune resnet34 --pruned --amp float16 --compile",
+              finetune_pruned("resnet34", "rn34-fast", "ft-compile", "--amp", "float16",
+                              "--compile"), (rn_fast,)),
+        Check("finetune --pruned --optimizer grda",
+              finetune_pruned("mobilenet_v2", "mbv2-fast", "ft-grda", "--optimizer", "grda"),
+              (greedy,)),
+        Check("finetune --evaluate-only", evaluate_only, (mb,)),
+        Check("finetune --resume after SIGKILL", finetune_resume, (greedy,)),
+        Check("launcher table2.py --smoke", launcher_smoke, (mb,)),
+        Check("bench_select.py --quick", bench_quick),
+    ]
+
+
+@dataclass
+class Outcome:
+    name: str
+    passed: bool
+    seconds: float
+    detail: str
+
+
+def run_checks(items: list[Check], ctx: Context, jobs: int,
+               report: Callable[[Outcome], None] = lambda o: None) -> list[Outcome]:
+    """Run every check once its needs have passed, ``jobs`` at a time; a check whose need
+    failed fails without running. Returns the outcomes in the list's order."""
+    outcomes: dict[str, Outcome] = {}
+    pending = list(items)
+    running: dict[Future, Check] = {}
+
+    def timed(check: Check) -> Outcome:
+        start = time.perf_counter()
+        try:
+            detail, passed = check.run(ctx), True
+        except CheckFailed as error:
+            detail, passed = str(error), False
+        except Exception as error:  # a crash of the check itself is a FAIL, with its reason
+            detail, passed = f"{type(error).__name__}: {error}"[:300], False
+        return Outcome(check.name, passed, time.perf_counter() - start, detail)
+
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        while pending or running:
+            for check in list(pending):
+                failed = [n for n in check.needs if n in outcomes and not outcomes[n].passed]
+                if failed:
+                    pending.remove(check)
+                    outcomes[check.name] = Outcome(check.name, False, 0.0,
+                                                   f"not run: {failed[0]} failed")
+                    report(outcomes[check.name])
+                elif all(n in outcomes for n in check.needs) and len(running) < jobs:
+                    pending.remove(check)
+                    running[pool.submit(timed, check)] = check
+            if running:
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcome = future.result()
+                    outcomes[outcome.name] = outcome
+                    running.pop(future)
+                    report(outcome)
+            elif pending:  # needs that are not in the list
+                for check in pending:
+                    outcomes[check.name] = Outcome(check.name, False, 0.0, "unknown need")
+                pending.clear()
+    return [outcomes[c.name] for c in items]
+
+
+def table(outcomes: list[Outcome]) -> str:
+    width = max(len(o.name) for o in outcomes)
+    lines = [f"{'check':<{width}}  result  seconds  detail"]
+    for o in outcomes:
+        lines.append(f"{o.name:<{width}}  {'PASS' if o.passed else 'FAIL':<6}  "
+                     f"{o.seconds:>7.1f}  {o.detail}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                   choices=("cuda", "cpu"))
+    p.add_argument("--jobs", type=int, default=None,
+                   help="checks run side by side (default: 6 on a GPU, 2 on a CPU)")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="where the runs are written (default: a new temporary folder)")
+    args = p.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: CUDA is not available on this machine (use --device cpu)")
+    if args.jobs is not None and args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    sizes = SIZES[device.type]
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gpu_check-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+    from pruning.precision import device_name
+
+    cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
+    print(f"gpu_check on {device_name(device)} (torch {torch.__version__}{cuda}); synthetic data "
+          f"at {sizes.pixels} px, batch {sizes.batch}; runs in {workdir}", flush=True)
+    start = time.perf_counter()
+
+    def report(outcome: Outcome) -> None:
+        print(f"  {'PASS' if outcome.passed else 'FAIL'}  {outcome.name} "
+              f"({outcome.seconds:.0f} s)", file=sys.stderr, flush=True)
+
+    outcomes = run_checks(checks(sizes.keep), Context(device, sizes, workdir),
+                          args.jobs or sizes.jobs, report)
+    print(table(outcomes))
+    failed = sum(not o.passed for o in outcomes)
+    print(f"{len(outcomes) - failed} passed, {failed} failed in "
+          f"{time.perf_counter() - start:.0f} s on {device_name(device)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
