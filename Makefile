@@ -14,6 +14,7 @@ $(STAMP): requirements.txt
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+	$(PY) scripts/gpu_check.py --device cpu
 
 demo: $(STAMP)
 	$(PY) toy_two_layer.py --out fig

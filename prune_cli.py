@@ -13,9 +13,9 @@ Selection runs the network in eval mode (BatchNorm uses its running statistics, 
 released code) on mini-batches with the evaluation transform, drawn from one persistent loader.
 The stop rule's losses are measured on a fixed, class-balanced subset of the training set.
 Candidate scoring goes through one ``pruning.evaluators.CandidateEvaluator``; which one is used
-changes only the speed, never the selection (up to float rounding: ``--precision bf16``, the
-default on a GPU, computes the fast evaluator's candidate losses under bf16 autocast). Everything
-else that decides or reports (the plain evaluator, the stop rule's measurement, the first-order
+changes only the speed, never the selection (up to float rounding; ``--precision bf16`` computes
+the fast evaluator's candidate losses under bf16 autocast instead of float32). Everything else
+that decides or reports (the plain evaluator, the stop rule's measurement, the first-order
 scores, the slim-vs-masked check) runs in IEEE float32 with TF32 off (``pruning.precision``).
 ``--shortlist K`` does change the selection: each step evaluates exactly only the K best
 candidates of the first-order ranking (``pruning.shortlist``).
@@ -57,7 +57,7 @@ from pruning.metrics import loss_and_top1
 from pruning.precision import CANDIDATE_PRECISIONS, exact_float32, runtime_record
 from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection
 from pruning.shortlist import ShortlistEvaluator
-from pruning.slim import slim_model
+from pruning.slim import float64_logits, slim_model, slim_verification
 from pruning.stop import LossGap, MatchKept, MaxFraction, Top1Tolerance
 
 STATE_FILE = "selection_state.pth"
@@ -113,10 +113,10 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     p.add_argument("--evaluator", choices=("plain", "fast"), default="fast",
                    help="plain: one full forward per candidate (the released code); fast: the "
                         "same losses from a cached prefix, additive updates and batched "
-                        "candidates (bf16 and channels_last on GPU)")
-    p.add_argument("--precision", choices=tuple(CANDIDATE_PRECISIONS), default=None,
-                   help="candidate losses of --evaluator fast: bf16 autocast or IEEE float32 "
-                        "(default: bf16 on a GPU, fp32 on a CPU and with --evaluator plain)")
+                        "candidates (see --precision)")
+    p.add_argument("--precision", choices=tuple(CANDIDATE_PRECISIONS), default="fp32",
+                   help="candidate losses of --evaluator fast: IEEE float32 (the plain "
+                        "evaluator's picks) or bf16 autocast with channels_last on a GPU")
     p.add_argument("--shortlist", type=int, default=None,
                    help="greedy: evaluate exactly only the K best candidates of the first-order "
                         "(Frank-Wolfe) ranking, which keeps the guarantee; default: all")
@@ -163,10 +163,7 @@ def check_args(args: argparse.Namespace) -> None:
         if args.method != "greedy" or args.evaluator != "fast":
             raise ValueError("--shortlist needs --method greedy and --evaluator fast")
     args.device = distributed.resolve_device(args.device, distributed.world_from_env())
-    if args.precision is None:
-        gpu_fast = args.device.type == "cuda" and args.evaluator == "fast"
-        args.precision = "bf16" if gpu_fast else "fp32"
-    elif args.precision == "bf16" and args.evaluator == "plain":
+    if args.precision == "bf16" and args.evaluator == "plain":
         raise ValueError("--precision bf16 needs --evaluator fast (the plain evaluator is the "
                          "float32 reference)")
 
@@ -209,13 +206,14 @@ def matched_kept(path: str, units) -> dict[str, int]:
 def build_evaluator(args: argparse.Namespace, model, masks,
                     world: distributed.World) -> CandidateEvaluator:
     """--evaluator, shared across the ranks of a torchrun job, with the --shortlist on top."""
+    gpu = args.device.type == "cuda"
     if args.evaluator == "plain":
         evaluator = PlainEvaluator(model, masks)
     else:
         evaluator = FastEvaluator(model, splitter(args.arch, model),
                                   default_samples_per_pass(args.device),
                                   amp=CANDIDATE_PRECISIONS[args.precision],
-                                  channels_last=args.device.type == "cuda")
+                                  channels_last=gpu and args.precision == "bf16")
     if world.distributed:
         evaluator = CandidatePartition(evaluator)
     if args.shortlist is not None:
@@ -371,14 +369,17 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         writer.close()
 
     pruned_loss, pruned_top1 = loss_and_top1(model, eval_batches)
+    probe = eval_batches[0][0]
     with torch.no_grad(), exact_float32():
-        masked_logits = model(eval_batches[0][0])
+        masked_logits = model(probe)
+        reference = float64_logits(model, probe)
     weights = {name: w.detach().clone() for name, w in masks.weights.items()}
     masks.remove()
     slim, kept = slim_model(model, units, weights)
     with torch.no_grad(), exact_float32():
-        max_diff = (slim(eval_batches[0][0]) - masked_logits).abs().max().item()
-    rel_diff = max_diff / max(masked_logits.abs().max().item(), 1e-30)
+        verification = slim_verification(slim(probe), masked_logits, reference)
+    max_diff, rel_diff = (verification["max_abs_diff_slim_vs_masked"],
+                          verification["max_rel_diff_slim_vs_masked"])
     slim_loss, slim_top1 = loss_and_top1(slim, eval_batches)
     dense_macs, dense_params = macs_and_params(models.build(arch, args.width, num_classes),
                                                image_size)
@@ -395,7 +396,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         "loss_dense": dense_loss, "top1_dense": 100 * dense_top1,
         "loss_pruned": slim_loss, "top1_pruned": 100 * slim_top1,
         "loss_pruned_masked": pruned_loss, "top1_pruned_masked": 100 * pruned_top1,
-        "max_abs_diff_slim_vs_masked": max_diff, "max_rel_diff_slim_vs_masked": rel_diff,
+        **verification,
         "eval_images": len(eval_indices), "batches_drawn": batches.drawn,
         "seconds": time.time() - start + previous_seconds,
         "device": str(device), **runtime_record(device, args.precision),

@@ -1,0 +1,93 @@
+"""scripts/gpu_check.py's own logic: the check runner, its table, its slim-vs-masked criterion.
+
+The checks themselves run in `make test` as ``scripts/gpu_check.py --device cpu``.
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import gpu_check  # noqa: E402
+from gpu_check import Check, CheckFailed, Context, Outcome  # noqa: E402
+
+
+def ok(ctx):
+    return "fine"
+
+
+def bad(ctx):
+    raise CheckFailed("found a problem")
+
+
+def crash(ctx):
+    raise ZeroDivisionError("division by zero")
+
+
+def test_a_failed_need_fails_its_dependents_without_running_them_and_crashes_are_fails():
+    ran = []
+
+    def record(ctx):
+        ran.append("after-ok")
+        return "ran"
+
+    items = [Check("a", ok), Check("b", bad, ("a",)), Check("c", record, ("b",)),
+             Check("d", crash), Check("e", record, ("a",)), Check("f", ok, ("missing",))]
+    outcomes = gpu_check.run_checks(items, ctx=None, jobs=2)
+    assert [o.name for o in outcomes] == ["a", "b", "c", "d", "e", "f"]
+    assert [o.passed for o in outcomes] == [True, False, False, False, True, False]
+    assert outcomes[1].detail == "found a problem"
+    assert outcomes[2].detail == "not run: b failed" and ran == ["after-ok"]
+    assert outcomes[3].detail == "ZeroDivisionError: division by zero"
+    assert outcomes[5].detail == "unknown need"
+
+
+def test_the_table_has_one_row_per_check_with_its_result():
+    text = gpu_check.table([Outcome("first check", True, 1.25, "all good"),
+                            Outcome("second", False, 0.0, "not run: first failed")])
+    lines = text.splitlines()
+    assert lines[0].split() == ["check", "result", "seconds", "detail"]
+    assert lines[1].split()[:4] == ["first", "check", "PASS", "1.2"]
+    assert lines[2].split()[:2] == ["second", "FAIL"]
+
+
+def write_summary(tmp_path: Path, **verification) -> Context:
+    out = tmp_path / "run"
+    out.mkdir(parents=True)
+    summary = {"loss_dense": 2.3, "loss_pruned": 2.4, "loss_pruned_masked": 2.4,
+               "macs": 1e5, "dense_macs": 1e6, "candidate_precision": "fp32",
+               "device_name": "cpu", "torch_version": "x", "cuda_version": None,
+               "tf32": False, "exact_parts": "IEEE float32 (TF32 off)", **verification}
+    (out / "summary.json").write_text(json.dumps(summary))
+    return Context(torch.device("cpu"), gpu_check.SIZES["cpu"], tmp_path, jobs=1)
+
+
+def test_slim_vs_masked_passes_rounding_and_fails_a_real_difference(tmp_path):
+    close = write_summary(tmp_path / "close", max_rel_diff_slim_vs_masked=3e-6,
+                          slim_error_vs_float64=1e-6, masked_error_vs_float64=1e-6)
+    assert "slim vs masked 3e-06" in gpu_check.pruned_ok(close, "run")
+    # activations a thousand times the logits: both float32 networks are off float64 alike
+    rounding = write_summary(tmp_path / "rounding", max_rel_diff_slim_vs_masked=6e-4,
+                             slim_error_vs_float64=6e-4, masked_error_vs_float64=5e-4)
+    assert "vs float64: slim 6e-04, masked 5e-04" in gpu_check.pruned_ok(rounding, "run")
+    wrong = write_summary(tmp_path / "wrong", max_rel_diff_slim_vs_masked=0.2,
+                          slim_error_vs_float64=0.3, masked_error_vs_float64=1e-6)
+    with pytest.raises(CheckFailed, match="slim vs masked 2e-01"):
+        gpu_check.pruned_ok(wrong, "run")
+
+
+def test_a_nan_loss_or_a_missing_record_fails(tmp_path):
+    nan = write_summary(tmp_path / "nan", max_rel_diff_slim_vs_masked=0.0,
+                        slim_error_vs_float64=0.0, masked_error_vs_float64=0.0)
+    path = tmp_path / "nan" / "run" / "summary.json"
+    summary = json.loads(path.read_text())
+    path.write_text(json.dumps({**summary, "loss_pruned": float("nan")}))
+    with pytest.raises(CheckFailed, match="not finite: loss_pruned=nan"):
+        gpu_check.pruned_ok(nan, "run")
+    path.write_text(json.dumps({k: v for k, v in summary.items() if k != "tf32"}))
+    with pytest.raises(CheckFailed, match="lacks tf32"):
+        gpu_check.pruned_ok(nan, "run")
