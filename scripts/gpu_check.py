@@ -666,8 +666,8 @@ def main(argv: list[str] | None = None) -> int:
     outcomes = run_checks(checks(sizes.keep), context, jobs, report)
     print(table(outcomes))
     failed = sum(not o.passed for o in outcomes)
-    print(f"{len(outcomes) - failed} passed, {failed} failed in "
-          f"{time.perf_counter() - start:.0f} s on {device_name(device)}")
+    print(f"gpu_check took {time.perf_counter() - start:.0f} s on {device_name(device)}")
+    print(f"{len(outcomes) - failed} passed, {failed} failed")
     return 1 if failed else 0
 
 
