@@ -58,7 +58,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import random
+import shutil
 import sys
 import time
 from contextlib import nullcontext
@@ -80,8 +82,10 @@ from models.weights import PretrainedDownloadError, load_pretrained
 from pruning import distributed
 from pruning.checkpoint import FORMAT, load, rebuild, save_atomic
 from pruning.flops import macs_and_params
+from pruning.arguments import finite_float
 from pruning.grda import gRDA, grda_param_groups, sparsity_report
 from pruning.precision import device_name, runtime_record, set_tf32, tf32_in_effect
+from pruning.stop import NonFiniteLoss, require_finite, require_finite_parameters
 
 TRAIN_FORMAT = "greedy-forward-selection/train-v1"
 
@@ -138,11 +142,11 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     m.add_argument("--from-scratch", action="store_true",
                    help="with --pruned: re-initialize the slim architecture randomly and train "
                         "for the Scratch-B budget (Liu et al., 2019; paper Table 2)")
-    m.add_argument("--scratch-max-factor", type=float, default=2.0,
+    m.add_argument("--scratch-max-factor", type=finite_float, default=2.0,
                    help="--from-scratch trains epochs x min(dense MACs / pruned MACs, this); "
                         "Liu et al. cap ImageNet at 2; 1 gives Scratch-E")
     if arch == "mobilenet_v2":
-        m.add_argument("--width", type=float, choices=(1.0, 0.75, 0.5), default=None,
+        m.add_argument("--width", type=finite_float, choices=(1.0, 0.75, 0.5), default=None,
                        help="width multiplier of a dense model (default 1.0; --pruned has its own)")
     d = p.add_argument_group("data")
     d.add_argument("--dataset", choices=data.DATASETS, default="imagenet", help="dataset")
@@ -164,22 +168,23 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                    help="training epochs; --from-scratch scales them (Scratch-B)")
     t.add_argument("--batch-size", type=int, default=512,
                    help="global batch size, split evenly over the torchrun processes")
-    t.add_argument("--lr", type=float, default=None,
+    t.add_argument("--lr", type=finite_float, default=None,
                    help="initial learning rate (default: mobilenet_v2 0.01, resnet34 2.5e-4)")
     t.add_argument("--lr-schedule", choices=("cosine", "constant"), default=None,
                    help="per-iteration cosine decay to 0, or constant (default: mobilenet_v2 "
                         "cosine, resnet34 constant)")
     t.add_argument("--optimizer", choices=("sgd", "grda"), default="sgd",
                    help="grda: gRDA (Chao et al., 2020), unstructured sparsity in summary.json")
-    t.add_argument("--momentum", type=float, default=None, help="SGD only (default 0.9)")
-    t.add_argument("--weight-decay", type=float, default=None, help="SGD only (default 5e-5)")
+    t.add_argument("--momentum", type=finite_float, default=None, help="SGD only (default 0.9)")
+    t.add_argument("--weight-decay", type=finite_float, default=None,
+                   help="SGD only (default 5e-5)")
     t.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None,
                    help="SGD only (default on)")
-    t.add_argument("--grda-c", type=float, default=None, help="gRDA threshold scale (default "
-                                                                "0.005)")
-    t.add_argument("--grda-mu", type=float, default=None, help="gRDA threshold growth (default "
-                                                                 "0.51)")
-    t.add_argument("--label-smoothing", type=float, default=0.0,
+    t.add_argument("--grda-c", type=finite_float, default=None,
+                   help="gRDA threshold scale (default 0.005)")
+    t.add_argument("--grda-mu", type=finite_float, default=None,
+                   help="gRDA threshold growth (default 0.51)")
+    t.add_argument("--label-smoothing", type=finite_float, default=0.0,
                    help="the paper uses none (the released script smoothed labels)")
     t.add_argument("--eval-batch-size", type=int, default=256, help="per process")
     s = p.add_argument_group("speed (all off by default)")
@@ -197,6 +202,8 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                    help="checkpoints, metrics.jsonl, summary.json, tb/")
     o.add_argument("--resume", action="store_true",
                    help="continue the run in --output-dir from its last.pth")
+    o.add_argument("--overwrite", action="store_true",
+                   help="replace the run (or evaluation) in --output-dir")
     o.add_argument("--save-every", type=int, default=0,
                    help="also keep epoch_XXX.pth every E epochs (0: off)")
     o.add_argument("--evaluate-only", action="store_true",
@@ -240,6 +247,15 @@ def check_args(args: argparse.Namespace, world: distributed.World) -> None:
         raise UsageError(f"--scratch-max-factor must be >= 1, got {args.scratch_max_factor}")
     if args.evaluate_only and (args.resume or args.from_scratch):
         raise UsageError("--evaluate-only takes neither --resume nor --from-scratch")
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --output-dir, --overwrite replaces it: "
+                         "give one")
+    out = Path(args.output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--output-dir {out}: exists and is not a folder")
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--output-dir {out}: {existing} is not writable")
     if not 0 <= args.label_smoothing < 1:
         raise UsageError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
 
@@ -591,7 +607,7 @@ def _load_resume(args: argparse.Namespace, out: Path) -> dict | None:
         return None
     if not args.resume:
         raise UsageError(f"--output-dir {out} holds a run (last.pth); pass --resume to continue "
-                         "it or choose another --output-dir")
+                         "it, --overwrite to replace it, or choose another --output-dir")
     ckpt = _read_checkpoint(str(path), "--resume")
     if ckpt.get("arch") != args.arch:
         raise UsageError(f"--resume: {path} is for {ckpt.get('arch')}, this script trains "
@@ -603,6 +619,14 @@ def _load_resume(args: argparse.Namespace, out: Path) -> dict | None:
         raise UsageError("--resume: these arguments differ from the interrupted run: "
                          + ", ".join(changed))
     return ckpt
+
+
+def remove_run(out: Path) -> None:
+    """--overwrite: delete what a run or evaluation wrote in ``out`` (nothing else)."""
+    for path in (out / "last.pth", out / "best.pth", out / "metrics.jsonl",
+                 out / "summary.json", *out.glob("epoch_*.pth")):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(out / "tb", ignore_errors=True)
 
 
 def _keep_metrics_up_to(path: Path, epoch: int) -> None:
@@ -623,10 +647,15 @@ def prepare(arch: str, argv: list[str] | None) -> dict[str, Any]:
     check_args(args, world)
     out = Path(args.output_dir)
     resume = None
+    if args.overwrite:
+        remove_run(out)
     if args.evaluate_only:
         if (out / "last.pth").exists():
             raise UsageError(f"--output-dir {out} holds a training run; give --evaluate-only "
                              "its own --output-dir")
+        if (out / "summary.json").exists():
+            raise UsageError(f"--output-dir {out} holds an evaluation (summary.json); choose "
+                             "another --output-dir or pass --overwrite")
     else:
         resume = _load_resume(args, out)
     # checked before any data is read: a checkpoint of another architecture fails in a second
@@ -698,10 +727,11 @@ def _train(setup: dict[str, Any], start: float) -> dict[str, Any]:
 
     if args.evaluate_only:
         metrics = evaluate(net, val, args)
+        require_finite(metrics["val_loss"], "the model's validation loss")
         summary = _summary(setup, metrics, 0, time.time() - start, {})
         if world.is_main:
             out.mkdir(parents=True, exist_ok=True)
-            (out / "summary.json").write_text(json.dumps(summary, indent=2))
+            (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
         log(f"top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%, "
             f"loss {metrics['val_loss']:.4f}; wrote {out / 'summary.json'}")
         return summary
@@ -761,6 +791,10 @@ def _train(setup: dict[str, Any], start: float) -> dict[str, Any]:
                                   epochs, world, writer)
         distributed.broadcast_buffers(net)
         metrics.update(evaluate(net, val, args))
+        for name, what in (("train_loss", "training"), ("val_loss", "validation")):
+            # before anything of this epoch is saved: last.pth keeps the last good epoch
+            require_finite(metrics[name], f"epoch {epoch + 1}: the {what} loss")
+        require_finite_parameters(net, f"epoch {epoch + 1}")  # e.g. weights no input reaches
         is_best = metrics["top1"] > best_top1
         if is_best:
             best_top1, best_epoch = metrics["top1"], epoch + 1
@@ -771,7 +805,7 @@ def _train(setup: dict[str, Any], start: float) -> dict[str, Any]:
         rng = distributed.all_gather_objects(rng_state())
         if world.is_main:
             with (out / "metrics.jsonl").open("a") as f:
-                f.write(json.dumps(metrics) + "\n")
+                f.write(json.dumps(metrics, allow_nan=False) + "\n")
             state = net.state_dict()
             ckpt = {
                 "format": FORMAT if info["cfg"] is not None else TRAIN_FORMAT,
@@ -804,16 +838,25 @@ def _train(setup: dict[str, Any], start: float) -> dict[str, Any]:
     summary = _summary(setup, metrics, epochs, seconds_before + time.time() - run_start, extra)
     if world.is_main:
         writer.close()
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
         log(f"final top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}% (best "
             f"{best_top1:.2f}% at epoch {best_epoch}); wrote {out / 'summary.json'}")
     return summary
 
 
 def main(arch: str) -> None:
-    """Entry point of the thin scripts: bad input prints ``error: ...`` and exits with 2."""
+    """Entry point of the thin scripts: bad input prints ``error: ...`` and exits with 2, a
+    non-finite loss with 1, Ctrl-C with one line."""
     try:
         run(arch)
-    except UsageError as error:
+    except (UsageError, data.DataError) as error:  # DataError: e.g. an unreadable image
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    except NonFiniteLoss as error:
+        print(f"error: {error}; nothing of that epoch was saved (last.pth, if any, holds the "
+              "last good one); try a smaller --lr, or another --amp", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted: last.pth holds the last completed epoch; continue with the same "
+              "command and --resume", file=sys.stderr)
+        sys.exit(130)

@@ -29,6 +29,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ import models
 from models.suffix import splitter
 from models.weights import PretrainedDownloadError, load_pretrained
 from pruning import distributed
+from pruning.arguments import finite_float
 from pruning.distributed import say
 from pruning.baselines import FIXED_SIZE_METHODS, backward_elimination, fixed_size_counts
 from pruning.checkpoint import load, pruned_checkpoint, save_atomic, selection_cfg
@@ -58,7 +60,15 @@ from pruning.precision import CANDIDATE_PRECISIONS, exact_float32, runtime_recor
 from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection
 from pruning.shortlist import ShortlistEvaluator
 from pruning.slim import float64_logits, slim_model, slim_verification
-from pruning.stop import LossGap, MatchKept, MaxFraction, Top1Tolerance
+from pruning.stop import (
+    LossGap,
+    MatchKept,
+    MaxFraction,
+    NonFiniteLoss,
+    Top1Tolerance,
+    require_finite,
+    require_finite_parameters,
+)
 
 STATE_FILE = "selection_state.pth"
 # Arguments that change what is selected (the evaluator only by float rounding, which can flip a
@@ -98,11 +108,11 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     p.add_argument("--stop", choices=("loss_gap", "top1_tol", "fraction"), default="loss_gap",
                    help="loss_gap: the paper's epsilon rule; top1_tol: the released code's; "
                         "fraction: keep --keep-fraction of every unit")
-    p.add_argument("--epsilon", type=float, default=0.05,
+    p.add_argument("--epsilon", type=finite_float, default=0.05,
                    help="loss_gap: stop a unit once loss - dense loss < epsilon")
-    p.add_argument("--top1-tol", type=float, default=0.02,
+    p.add_argument("--top1-tol", type=finite_float, default=0.02,
                    help="top1_tol: stop once top-1 >= (1 - tol) x top-1 at the unit's start")
-    p.add_argument("--keep-fraction", type=float, default=1.0,
+    p.add_argument("--keep-fraction", type=finite_float, default=1.0,
                    help="fraction: channels kept per unit (with other rules: unused)")
     p.add_argument("--batch-size", type=int, default=128, help="mini-batch per greedy step")
     p.add_argument("--eval-images", type=int, default=1024,
@@ -124,12 +134,16 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                    help="let a channel be selected again (the paper's two-layer theory); by "
                         "default each channel is selected once, so a unit can always reach the "
                         "dense loss")
-    p.add_argument("--finetune-between", type=float, default=0.0,
+    p.add_argument("--finetune-between", type=finite_float, default=0.0,
                    help="epochs of SGD after each unit (the released code used 0.1); 0 = off")
-    p.add_argument("--finetune-lr", type=float, default=1e-3)
+    p.add_argument("--finetune-lr", type=finite_float, default=1e-3,
+                   help="learning rate of --finetune-between")
     p.add_argument("--output-dir", default=f"runs/{arch}_prune")
     p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output-dir from its last completed unit")
+                   help="continue the run in --output-dir from its last completed unit; a "
+                        "finished run is reported and left as it is")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run (finished or not) in --output-dir")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -149,6 +163,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--workers must be >= 0, got {args.workers}")
     if args.finetune_between < 0:
         raise ValueError(f"--finetune-between must be >= 0, got {args.finetune_between}")
+    if not args.finetune_lr > 0:
+        raise ValueError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
+    if args.resume and args.overwrite:
+        raise ValueError("--resume continues the run in --output-dir, --overwrite replaces it: "
+                         "give one")
+    check_output_dir(Path(args.output_dir))
     if args.image_size is not None and args.image_size < 8:
         raise ValueError(f"--image-size must be >= 8, got {args.image_size}")
     MaxFraction(args.keep_fraction)
@@ -168,34 +188,97 @@ def check_args(args: argparse.Namespace) -> None:
                          "float32 reference)")
 
 
+def check_output_dir(out: Path) -> None:
+    """--output-dir must be a folder we can write, checked before any work."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--output-dir {out}: exists and is not a folder")
+    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--output-dir {out}: {existing} is not writable")
+
+
 def selection_args(args: argparse.Namespace) -> dict:
+    """The arguments that decide the selection, as plain data; those that the chosen stop rule,
+    method or evaluator never reads are left out, so that changing them does not block --resume.
+    """
+    unused = set()
+    if args.match_kept or args.stop != "loss_gap":
+        unused.add("epsilon")
+    if args.match_kept or args.stop != "top1_tol":
+        unused.add("top1_tol")
+    if args.match_kept or args.stop != "fraction":
+        unused.add("keep_fraction")
+    if not args.finetune_between:
+        unused.add("finetune_lr")
     return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if k in SELECTION_ARGS}
+            if k in SELECTION_ARGS and k not in unused}
+
+
+class Finished(Exception):
+    """--resume found a finished run: nothing to do."""
 
 
 def load_state(args: argparse.Namespace, out: Path) -> dict | None:
-    """The saved progress of an interrupted run, after checking it is the same run."""
+    """The saved progress of an interrupted run, after checking it is the same run.
+
+    A finished run (pruned.pth) or one in progress is never replaced silently: --resume
+    continues it (a finished one is only reported: ``Finished``), --overwrite removes it.
+    """
     path = out / STATE_FILE
+    finished = (out / "pruned.pth").exists()
+    if args.overwrite:
+        for name in ("pruned.pth", "summary.json", STATE_FILE):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(out / "tb", ignore_errors=True)
+        return None
+    if finished and not path.exists():
+        if args.resume:
+            raise Finished(f"--resume: {out} holds a finished run (pruned.pth); nothing to do")
+        raise ValueError(f"--output-dir {out} holds a finished run (pruned.pth); choose another "
+                         "--output-dir or pass --overwrite to replace it")
     if not path.exists():
         if args.resume:
             say(f"--resume: no {STATE_FILE} in {out}, starting from the first unit")
         return None
     if not args.resume:
         raise ValueError(f"--output-dir {out} holds a run in progress ({STATE_FILE}); "
-                         "pass --resume to continue it or choose another --output-dir")
-    state = load(path)
-    saved, now = state["args"], selection_args(args)
+                         "pass --resume to continue it, --overwrite to replace it, or choose "
+                         "another --output-dir")
+    try:
+        state = load(path)
+        saved = state["args"]
+    except Exception as error:  # truncated or foreign file: pickle/zip errors share no base
+        raise ValueError(f"--resume: cannot read {path} ({type(error).__name__}: {error}); "
+                         "pass --overwrite to start the run again") from None
+    now = selection_args(args)
     changed = [f"--{k.replace('_', '-')} (saved {saved.get(k)!r}, now {now[k]!r})"
-               for k in now if saved.get(k) != now[k]]
+               for k in now if k in saved and saved[k] != now[k]]
+    changed += [f"--{k.replace('_', '-')} (now {now[k]!r}, not saved)"
+                for k in now if k not in saved and k != "precision"]
     if changed:
         raise ValueError("--resume: these arguments differ from the interrupted run: "
                          + ", ".join(changed))
     return state
 
 
-def matched_kept(path: str, units) -> dict[str, int]:
+def read_match_kept(path: str) -> dict:
+    """The per-unit cfg of --match-kept's pruned checkpoint, read before any work."""
+    try:
+        ckpt = load(path)
+    except FileNotFoundError:
+        raise ValueError(f"--match-kept {path}: no such file") from None
+    except Exception as error:  # pickle/zip errors share no base class
+        raise ValueError(f"--match-kept {path}: not a checkpoint ({type(error).__name__}: "
+                         f"{error})") from None
+    cfg = ckpt.get("cfg") if isinstance(ckpt, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("units"), dict):
+        raise ValueError(f"--match-kept {path}: not a pruned checkpoint (no cfg of kept "
+                         "channels); give a prune run's pruned.pth")
+    return cfg["units"]
+
+
+def matched_kept(cfg: dict, path: str, units) -> dict[str, int]:
     """Per-unit kept channel counts of another pruned checkpoint of the same units."""
-    cfg = load(path).get("cfg", {}).get("units", {})
     missing = [u.name for u in units if u.name not in cfg or cfg[u.name]["total"] != u.size]
     if missing:
         raise ValueError(f"--match-kept {path}: no matching unit for {', '.join(missing[:4])}"
@@ -221,20 +304,31 @@ def build_evaluator(args: argparse.Namespace, model, masks,
     return evaluator
 
 
-def short_finetune(model, batches, steps: int, lr: float, seed: int) -> None:
+def short_finetune(model, masks: Masks, batches, steps: int, lr: float, seed: int) -> None:
     """A few SGD steps on the masked network between units (the released code's 0.1 epoch).
+
+    Two things keep them stable (unstable, a MobileNetV2 x0.5 went to a NaN loss). BatchNorm
+    stays in eval mode: in train mode it normalizes a unit that kept one channel with that
+    channel's batch statistics, unlike the network selection measures, and its running
+    statistics drift toward them. And the steps are taken in the slim network's
+    parametrization (``Masks.folded``): with the multipliers N/|S| on the hooks, the weights
+    reading a kept channel move (N/|S|)^2 times too far.
 
     Dropout draws from the global RNG, which is seeded per unit so a resumed run repeats it.
     """
     torch.manual_seed(seed)
-    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                                weight_decay=5e-5)
     model.train()
-    for _ in range(steps):
-        x, y = next(batches)
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
-        optimizer.step()
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.eval()
+    with masks.folded(model):
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                    weight_decay=5e-5)
+        for _ in range(steps):
+            x, y = next(batches)
+            optimizer.zero_grad(set_to_none=True)
+            F.cross_entropy(model(x), y).backward()
+            optimizer.step()
     model.eval()
 
 
@@ -246,6 +340,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     world = distributed.init(args.device.type)
     out = Path(args.output_dir)
     state = load_state(args, out)
+    match_cfg = read_match_kept(args.match_kept) if args.match_kept else None
     if args.pretrained:  # refuse weights of another architecture/width before scanning any data
         load_pretrained(models.build(arch, args.width), arch, args.pretrained,
                         allow_head_mismatch=True)
@@ -270,9 +365,11 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     else:
         say("no --pretrained given: pruning a randomly initialized network")
     model.to(device).eval()
+    require_finite_parameters(model, f"--pretrained {args.pretrained}")
     units = models.prunable_units(arch, model, args.units)
     masks = Masks(model, units)
     dense_loss, dense_top1 = loss_and_top1(model, eval_batches)
+    require_finite(dense_loss, "the dense network's loss on the evaluation subset")
     say(f"dense: loss {dense_loss:.4f}, top-1 {100 * dense_top1:.2f}% on {len(eval_indices)} "
         f"training images; {len(units)} units, {sum(u.size for u in units)} channels")
 
@@ -292,7 +389,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
                             splitter(arch, model) if args.evaluator == "fast" else None)
 
     if args.match_kept:
-        stop = MatchKept(matched_kept(args.match_kept, units))
+        stop = MatchKept(matched_kept(match_cfg, args.match_kept, units))
     elif args.stop == "loss_gap":
         stop = LossGap(args.epsilon, dense_loss, measure)
     elif args.stop == "top1_tol":
@@ -343,10 +440,12 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         say(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
             f"(dense {dense_loss:.4f}), top-1 {100 * top1:.2f}%")
         if steps_between:
-            short_finetune(model, batches, steps_between, args.finetune_lr,
+            short_finetune(model, masks, batches, steps_between, args.finetune_lr,
                            seed=args.seed * 1_000_003 + len(counts))
             sync_model(model)  # ranks continue from rank 0's weights, not their own rounding
             measure.forget()
+            require_finite(measure()[0], f"after the short fine-tune following unit {unit.name}, "
+                           "the loss on the evaluation subset")
         if world.is_main:
             save_atomic({"args": selection_args(args), "completed": counts,
                          "batches_drawn": batches.drawn, "model": model.state_dict(),
@@ -381,6 +480,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     max_diff, rel_diff = (verification["max_abs_diff_slim_vs_masked"],
                           verification["max_rel_diff_slim_vs_masked"])
     slim_loss, slim_top1 = loss_and_top1(slim, eval_batches)
+    require_finite(slim_loss, "the pruned network's loss on the evaluation subset")
     dense_macs, dense_params = macs_and_params(models.build(arch, args.width, num_classes),
                                                image_size)
     macs, params = macs_and_params(slim, image_size)
@@ -407,7 +507,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         save_atomic(pruned_checkpoint(arch, args.width, num_classes, args.units, cfg,
                                       slim.state_dict(), summary["args"], summary),
                     out / "pruned.pth")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
         (out / STATE_FILE).unlink(missing_ok=True)
     distributed.barrier()
     say(f"MACs {macs / 1e6:.1f}M of {dense_macs / 1e6:.1f}M, params {params / 1e6:.2f}M of "
@@ -421,6 +521,14 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
 def main(arch: str) -> None:
     try:
         run(arch)
+    except Finished as done:
+        say(str(done))
+    except NonFiniteLoss as error:
+        sys.exit(f"error: {error}; the selection stops (the completed units stay in "
+                 f"{STATE_FILE})")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the completed units are saved; continue with the same command "
+                 "and --resume")
     except (ValueError, FileNotFoundError, PretrainedDownloadError) as error:
         sys.exit(f"error: {error}")
     finally:

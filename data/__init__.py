@@ -9,11 +9,16 @@ Public API (one concept per module):
 - :class:`InfiniteBatchSampler` (``samplers``): the endless, resumable, rank-sliced batch stream
   greedy selection draws from.
 - :func:`make_loader` / :func:`make_infinite_loader` (``loaders``): DataLoaders wired to the above.
+- :func:`verify_images` (``folders``): an optional pre-scan of an image folder for corrupt files.
 - :class:`DataError` (``errors``): raised for bad input; scripts print its message and exit.
+
+CIFAR-10's pickled batches are read by a restricted unpickler (``cifar``) that refuses to run
+anything a tampered file asks for.
 """
 
 from .build import DATASETS, SPLITS, build_dataset, default_image_size
 from .errors import DataError
+from .folders import verify_images
 from .loaders import make_infinite_loader, make_loader
 from .samplers import InfiniteBatchSampler
 from .subsets import class_balanced_subset, get_targets
@@ -45,4 +50,5 @@ __all__ = [
     "imagenet_transform",
     "make_infinite_loader",
     "make_loader",
+    "verify_images",
 ]

@@ -7,24 +7,37 @@ look at a handful of directory entries, then raise :class:`DataError` naming ``-
 Why val reuses train's class list: ``ImageFolder`` numbers classes by the sorted folder names of
 the directory it is given. A val folder that lacks one class would silently shift every label
 after it, so when ``train/`` exists its classes define the label numbering for both splits.
+
+Why images are read through :func:`read_image`: a truncated or non-image file in an ImageFolder
+otherwise surfaces as PIL's bare ``OSError: image file is truncated`` (or
+``UnidentifiedImageError``) from deep inside a DataLoader, in fine-tuning only once training has
+started, without the dataset argument; :func:`verify_images` finds such files up front.
 """
 
 import os
-import pickle
+import struct
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torchvision_compat  # noqa: F401  (must precede torchvision on a CPU-only torch)
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Subset
 from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from .cifar import META_FILE as _CIFAR10_META
+from .cifar import TEST_FILES as _CIFAR10_TEST_FILES
+from .cifar import TRAIN_FILES as _CIFAR10_TRAIN_FILES
+from .cifar import load_cifar10
 from .errors import DataError
 from .transforms import cifar10_transform, imagenet_transform
 
 CIFAR10_FOLDER = "cifar-10-batches-py"
-_CIFAR10_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
-_CIFAR10_TEST_FILES = ("test_batch",)
-_CIFAR10_META = "batches.meta"
+# What PIL raises for a file it cannot decode: OSError covers "image file is truncated",
+# "Truncated File Read" and UnidentifiedImageError; the others come from malformed headers.
+_IMAGE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error,
+                 Image.DecompressionBombError)
 
 # Folder names accepted for each split, in order of preference.
 _SPLIT_DIRS = {"train": ("train",), "val": ("val", "test")}
@@ -145,19 +158,88 @@ def _require_images(folder: Path, class_names: list[str]) -> None:
 
 
 class _FixedClassesImageFolder(ImageFolder):
-    """ImageFolder whose classes are given rather than read from the folder (see above)."""
+    """ImageFolder whose classes are given rather than read from the folder (see above), and
+    whose images are read by :func:`read_image`."""
 
     def __init__(
         self, root: Path, class_names: list[str], transform: Callable, allow_empty: bool
     ) -> None:
         self._given_classes = list(class_names)
         try:
-            super().__init__(str(root), transform=transform, allow_empty=allow_empty)
+            super().__init__(
+                str(root), transform=transform, loader=read_image, allow_empty=allow_empty
+            )
         except FileNotFoundError as error:  # a class folder without images
             raise DataError(f"--data-path {root}: {error}") from error
 
     def find_classes(self, directory: str | os.PathLike) -> tuple[list[str], dict[str, int]]:
         return self._given_classes, {name: i for i, name in enumerate(self._given_classes)}
+
+
+def read_image(path: str | os.PathLike) -> Image.Image:
+    """The RGB image at ``path`` (torchvision's PIL loader), or :class:`DataError` naming it.
+
+    Module-level so DataLoader workers can pickle it. In a worker the DataError reaches the main
+    process re-raised by the DataLoader, still a DataError and still naming the file (see
+    :class:`~data.errors.DataError`).
+    """
+    try:
+        with open(path, "rb") as infile:
+            image = Image.open(infile)
+            return image.convert("RGB")
+    except _IMAGE_ERRORS as error:
+        raise _image_error(path, error) from error
+
+
+def verify_images(dataset: Dataset, limit: int | None = None, decode: bool = True) -> int:
+    """Open each image of an ImageFolder-style dataset; :class:`DataError` at the first bad one.
+
+    A pre-scan so that a corrupt file stops a run before hours of work rather than midway
+    through an epoch. ``dataset`` is anything with ``.samples`` (``(path, label)`` pairs, as
+    :func:`build_dataset` returns for image folders) or a ``Subset`` of one, whose images only
+    are checked. ``limit`` checks only the first ``limit`` images. Every image gets PIL's
+    ``verify()`` (headers and, for PNG, chunk checksums; fast); ``decode=True`` also decodes the
+    pixels, which is the only way to notice a truncated JPEG (``verify()`` passes it) and costs
+    about as much as reading the images once. Returns the number of images checked.
+    """
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise DataError(f"limit={limit!r}: must be a non-negative integer or None")
+    paths = _image_paths(dataset)
+    if limit is not None:
+        paths = paths[:limit]
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.verify()
+            if decode:
+                with Image.open(path) as image:
+                    image.load()
+        except _IMAGE_ERRORS as error:
+            raise _image_error(path, error) from error
+    return len(paths)
+
+
+def _image_paths(dataset: Any) -> list[str]:
+    if isinstance(dataset, Subset):
+        paths = _image_paths(dataset.dataset)
+        return [paths[int(i)] for i in dataset.indices]
+    samples = getattr(dataset, "samples", None)
+    if samples is None:
+        raise DataError(
+            f"{type(dataset).__name__}: has no image files (.samples) to verify; only image "
+            f"folder datasets have"
+        )
+    return [str(path) for path, _ in samples]
+
+
+def _image_error(path: str | os.PathLike, error: BaseException) -> DataError:
+    if isinstance(error, UnidentifiedImageError):
+        detail = "PIL cannot identify it as an image (not an image file, or its header is damaged)"
+    else:
+        detail = str(error) or type(error).__name__
+    return DataError(
+        f"--data-path: cannot read image {path}: {detail}; replace or remove the file"
+    )
 
 
 def _looks_like_cifar_batches(folder: Path) -> bool:
@@ -175,34 +257,4 @@ def _load_cifar10_batches(folder: Path, split: str, transform: Callable) -> CIFA
             f"--data-path {folder}: CIFAR-10 python batches incomplete, "
             f"missing {', '.join(missing)}"
         )
-    try:
-        return _LocalCIFAR10(folder, train=split == "train", transform=transform)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError) as error:
-        raise DataError(
-            f"--data-path {folder}: not a readable CIFAR-10 python batch ({error!r})"
-        ) from error
-
-
-class _LocalCIFAR10(CIFAR10):
-    """torchvision's CIFAR10 on a local folder of any name, checking files exist, not their md5.
-
-    torchvision verifies the md5 of every batch (reading 170 MB) on each construction and refuses
-    any other copy, such as the tiny fakes the tests write; presence was already checked by
-    :func:`_load_cifar10_batches`, and a corrupt batch still fails when unpickled.
-    """
-
-    def __init__(self, folder: Path, train: bool, transform: Callable) -> None:
-        self.base_folder = folder.name  # read by CIFAR10.__init__ to locate the batches
-        super().__init__(str(folder.parent), train=train, transform=transform, download=False)
-
-    def _check_integrity(self) -> bool:
-        files = self.train_list if self.train else self.test_list
-        return all(
-            os.path.isfile(os.path.join(self.root, self.base_folder, name)) for name, _ in files
-        )
-
-    def _load_meta(self) -> None:
-        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-        with open(path, "rb") as infile:
-            self.classes = pickle.load(infile, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {name: i for i, name in enumerate(self.classes)}
+    return load_cifar10(folder, train=split == "train", transform=transform)

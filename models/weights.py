@@ -171,6 +171,11 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], str
             "If it holds Python objects besides tensors, re-save just its state_dict: "
             "torch.save(checkpoint['state_dict'], 'weights.pth')"
         ) from error
+    if isinstance(obj, Mapping) and obj.get("cfg") is not None and "arch" in obj:
+        raise ValueError(
+            f"{path} is a pruned checkpoint (a slim {obj['arch']} and the cfg of its kept "
+            "channels), not dense weights: give it to the fine-tune script's --pruned"
+        )
     form = "state_dict"
     for _ in range(2):  # e.g. {'model': {'state_dict': ...}} - unwrap at most twice
         if not isinstance(obj, Mapping) or _is_state_dict(obj):

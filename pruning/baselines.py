@@ -23,7 +23,7 @@ from pruning.evaluators import CandidateEvaluator
 from pruning.masks import Masks
 from pruning.metrics import Batch
 from pruning.selection import SelectionSettings, StepLog, layer_by_layer
-from pruning.stop import StopRule
+from pruning.stop import StopRule, require_finite
 from pruning.units import Unit
 
 FIXED_SIZE_METHODS = ("magnitude", "random", "uniform")
@@ -93,7 +93,10 @@ def eliminate_unit(
         if settings.candidates is not None and settings.candidates < len(pool):
             pool = pool[torch.randperm(len(pool), generator=generator)[: settings.candidates]]
         losses = evaluator.removal_losses(unit, counts, pool, next(batches))
-        worst = int(pool[int(torch.argmin(losses))])
+        position = int(torch.argmin(losses))  # a NaN anywhere is the minimum
+        require_finite(float(losses[position]),
+                       f"unit {unit.name}, step {step + 1}: the best removal's loss")
+        worst = int(pool[position])
         counts[worst] -= 1
         masks.set_counts(unit.name, counts)
         if target is None and not stop.done(unit, counts):

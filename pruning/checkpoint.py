@@ -25,11 +25,23 @@ FORMAT = "greedy-forward-selection/pruned-v1"
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
+    """Write ``obj`` to a temporary file, flush it to the disk, then rename it over ``path``.
+
+    An interruption (Ctrl-C, an error) removes the temporary file; a crash of the machine leaves
+    the old file or the new one whole, never half of one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def load(path: str | os.PathLike) -> dict:

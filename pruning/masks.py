@@ -10,9 +10,13 @@ f = (1/N) sum_j N sigma_j. With S = [N] (every channel once) all w_j = 1: the de
 reproduced exactly. With S empty the unit contributes nothing.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
+from pruning.slim import fold
 from pruning.units import Unit
 
 
@@ -74,6 +78,32 @@ class Masks:
         if weights.shape != target.shape:
             raise ValueError(f"unit {unit}: expected {target.numel()} weights, got {weights.shape}")
         target.copy_(weights.to(target.device))
+
+    @contextmanager
+    def folded(self, model: nn.Module) -> Iterator[None]:
+        """Train ``model`` in the slim network's parametrization inside the block.
+
+        A hook multiplying channel j by w_j = N c_j / |S| also multiplies the gradient of the
+        weights that read channel j by w_j, so an SGD step moves their contribution w_j^2 times
+        as far as the same step on the slim network, where w_j is folded into those weights:
+        w_j = 96 for one kept channel of 96 makes a short fine-tune between units (lr 1e-3)
+        diverge. Inside the block the multipliers are folded into each unit's site
+        (``pruning.slim.fold``) and the masks only keep or drop channels (1 or 0); on exit they
+        are divided out again and the masks restored. Dropped channels are left untouched.
+        """
+        scales, saved = {}, {}
+        for name, unit in self.units.items():
+            w = self.weights[name]
+            scales[name] = torch.where(w > 0, w, torch.ones_like(w))
+            saved[name] = w.clone()
+            fold(model, unit, scales[name])
+            w.copy_((saved[name] > 0).to(w.dtype))
+        try:
+            yield
+        finally:
+            for name, unit in self.units.items():
+                fold(model, unit, 1 / scales[name])
+                self.weights[name].copy_(saved[name])
 
     def remove(self) -> None:
         for handle in self._handles:

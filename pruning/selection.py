@@ -29,7 +29,7 @@ import torch
 from pruning.evaluators import CandidateEvaluator
 from pruning.masks import Masks
 from pruning.metrics import Batch
-from pruning.stop import StopRule
+from pruning.stop import StopRule, require_finite
 from pruning.units import Unit
 
 StepLog = Callable[[Unit, int, int, float, float | None], None]
@@ -90,7 +90,10 @@ def select_unit(
         if settings.candidates is not None and settings.candidates < len(pool):
             pool = pool[torch.randperm(len(pool), generator=generator)[: settings.candidates]]
         losses = evaluator.losses(unit, counts, pool, next(batches))
-        best = int(pool[int(torch.argmin(losses))])
+        position = int(torch.argmin(losses))  # a NaN anywhere is the minimum
+        require_finite(float(losses[position]),
+                       f"unit {unit.name}, step {step + 1}: the best candidate's loss")
+        best = int(pool[position])
         counts[best] += 1
         masks.set_counts(unit.name, counts)
         finished = stop.done(unit, counts)

@@ -115,8 +115,10 @@ def _slice_in_place(model: nn.Module, units: list[Unit], kept: dict[str, list[in
 
 
 @torch.no_grad()
-def _fold(model: nn.Module, unit: Unit, w: torch.Tensor) -> None:
-    """Multiply the unit's (already sliced) channels by w inside the weights of its site."""
+def fold(model: nn.Module, unit: Unit, w: torch.Tensor) -> None:
+    """Multiply the unit's channels by w inside the weights of its site (the consuming layer's
+    input columns for an input-side unit, the BatchNorm affine or conv rows for an output-side
+    one); ``w`` has one entry per channel the site has (of a sliced site: per kept channel)."""
     site = model.get_submodule(unit.site)
     w = w.to(site.weight.device, site.weight.dtype)
     if unit.side == "input":
@@ -153,7 +155,7 @@ def slim_model(
     _slice_in_place(slim, units, kept)
     for unit in units:
         idx = torch.tensor(kept[unit.space.name], dtype=torch.long)
-        _fold(slim, unit, weights[unit.name].detach().cpu()[idx])
+        fold(slim, unit, weights[unit.name].detach().cpu()[idx])
     return slim, kept
 
 

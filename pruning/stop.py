@@ -23,6 +23,27 @@ from pruning.units import Unit
 Measure = Callable[[Unit], tuple[float, float]]
 
 
+class NonFiniteLoss(ValueError):
+    """A loss became NaN or infinite: selection stops rather than continue on a broken network
+    (a NaN loss gap never meets epsilon, so every later unit would keep all its channels)."""
+
+
+def require_finite_parameters(model: torch.nn.Module, what: str) -> None:
+    """``NonFiniteLoss`` naming the first parameter or buffer of ``model`` that holds a NaN or
+    an infinity (one reduction per tensor: cheap next to an epoch or a selection)."""
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise NonFiniteLoss(f"{what}: {name} holds {bad} NaN or infinite values")
+
+
+def require_finite(loss: float, what: str) -> float:
+    """``loss``, or ``NonFiniteLoss("<what> is nan")``."""
+    if not math.isfinite(loss):
+        raise NonFiniteLoss(f"{what} is {loss}")
+    return loss
+
+
 class StopRule:
     """Interface: ``start`` is called before a unit's first step, ``done`` after every step."""
 
@@ -43,6 +64,7 @@ class LossGap(StopRule):
 
     def done(self, unit: Unit, counts: torch.Tensor) -> bool:
         self.last_loss, _ = self.measure(unit)
+        require_finite(self.last_loss, f"unit {unit.name}: the loss on the evaluation subset")
         return self.last_loss - self.dense_loss < self.epsilon
 
 
@@ -58,6 +80,7 @@ class Top1Tolerance(StopRule):
 
     def done(self, unit: Unit, counts: torch.Tensor) -> bool:
         self.last_loss, top1 = self.measure(unit)
+        require_finite(self.last_loss, f"unit {unit.name}: the loss on the evaluation subset")
         return top1 >= (1 - self.tol) * self.reference
 
 

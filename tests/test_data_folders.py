@@ -1,12 +1,15 @@
 """ImageNet / CIFAR-10 from local folders, on tiny trees written into tmp_path."""
 
+import io
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils.data import DataLoader, Subset
 
 from data import (
     CIFAR10_MEAN,
@@ -16,6 +19,7 @@ from data import (
     class_balanced_subset,
     default_image_size,
     get_targets,
+    verify_images,
 )
 
 
@@ -177,3 +181,102 @@ def test_cifar10_image_folders(tmp_path):
     (tmp_path / "train" / "c0").rename(tmp_path / "c0")
     with pytest.raises(DataError, match="9 class folders"):
         build_dataset("cifar10", tmp_path, "train")
+
+
+def _encoded(fmt: str, size=(48, 40)) -> bytes:
+    pixels = np.random.default_rng(1).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, fmt)
+    return buffer.getvalue()
+
+
+_BAD_IMAGES = {
+    # file name: (its bytes, the reason the DataError gives)
+    "cut.jpg": (_encoded("JPEG")[: len(_encoded("JPEG")) // 2], "image file is truncated"),
+    "cut.png": (_encoded("PNG")[: len(_encoded("PNG")) // 2], "image file is truncated"),
+    "head.png": (_encoded("PNG")[:20], "Truncated File Read"),
+    "short.png": (_encoded("PNG")[:40], "not an image file, or its header is damaged"),
+    "notes.jpg": (b"shopping list: milk, eggs\n", "PIL cannot identify it as an image"),
+}
+
+
+def _tree_with_bad_image(root: Path, bad: str) -> Path:
+    """Two classes of good images and one bad file; returns the bad file's path."""
+    _imagenet_tree(root, classes=("n01", "n02"))
+    path = root / "train" / "n02" / bad
+    path.write_bytes(_BAD_IMAGES[bad][0])
+    return path
+
+
+@pytest.mark.parametrize("bad", list(_BAD_IMAGES))
+def test_unreadable_image_names_the_file(tmp_path, bad):
+    path = _tree_with_bad_image(tmp_path, bad)
+    train, _ = build_dataset("imagenet", tmp_path, "train", image_size=16)
+    index = [p for p, _ in train.samples].index(str(path))
+    assert train[0][0].shape == (3, 16, 16)  # the good images still load
+    with pytest.raises(DataError, match=_BAD_IMAGES[bad][1]) as caught:
+        train[index]
+    assert str(caught.value).startswith(f"--data-path: cannot read image {path}: ")
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_unreadable_image_in_a_dataloader(tmp_path, workers):
+    """Through worker processes too: the message names the file, without the worker traceback."""
+    path = _tree_with_bad_image(tmp_path, "notes.jpg")
+    train, _ = build_dataset("imagenet", tmp_path, "train", image_size=16)
+    with pytest.raises(DataError) as caught:
+        for _ in DataLoader(train, batch_size=4, num_workers=workers):
+            pass
+    message = str(caught.value)
+    assert message.startswith(f"--data-path: cannot read image {path}: PIL cannot identify")
+    assert "Traceback" not in message and "\n" not in message
+    if workers:
+        assert re.search(r" \(in DataLoader worker process [01]\)$", message)
+        assert "Traceback" in caught.value.worker_traceback
+    else:
+        assert caught.value.worker_traceback is None
+
+
+def test_data_error_unwraps_only_dataloader_worker_messages():
+    wrapped = (
+        "Caught DataError in DataLoader worker process 3.\nOriginal Traceback (most recent call "
+        "last):\n  File \"x.py\", line 1, in f\n    raise DataError(msg)\n"
+        "data.errors.DataError: --data-path: cannot read image /a b.jpg: broken\n"
+    )
+    error = DataError(wrapped)
+    assert str(error) == "--data-path: cannot read image /a b.jpg: broken (in DataLoader worker " \
+        "process 3)"
+    assert error.worker_traceback == wrapped
+    plain = DataError("--data-path /x: Caught DataError in a folder name")
+    assert str(plain) == "--data-path /x: Caught DataError in a folder name"
+    assert plain.worker_traceback is None
+    assert isinstance(pickle.loads(pickle.dumps(error)), DataError)
+
+
+@pytest.mark.parametrize("bad", list(_BAD_IMAGES))
+def test_verify_images_finds_the_bad_file(tmp_path, bad):
+    path = _tree_with_bad_image(tmp_path, bad)
+    train, _ = build_dataset("imagenet", tmp_path, "train", image_size=16)
+    with pytest.raises(DataError, match=f"cannot read image {path}: ") as caught:
+        verify_images(train)
+    assert str(caught.value).startswith("--data-path: ")
+    position = [p for p, _ in train.samples].index(str(path))
+    assert verify_images(train, limit=position) == position  # the ones before it are fine
+    good = [i for i in range(len(train)) if i != position]
+    assert verify_images(Subset(Subset(train, good), [0, 2, 4])) == 3
+    if bad == "cut.jpg":  # verify() alone passes a truncated JPEG; decoding catches it
+        assert verify_images(train, decode=False) == len(train)
+    else:
+        with pytest.raises(DataError, match=str(path)):
+            verify_images(train, decode=False)
+
+
+def test_verify_images_arguments(tmp_path):
+    train, _ = build_dataset("imagenet", _imagenet_tree(tmp_path), "train", image_size=16)
+    assert verify_images(train) == len(train) == 9
+    assert verify_images(train, limit=0) == 0 and verify_images(train, limit=50) == 9
+    with pytest.raises(DataError, match="limit=-1"):
+        verify_images(train, limit=-1)
+    synthetic, _ = build_dataset("synthetic", None, "train", num_images=4)
+    with pytest.raises(DataError, match=r"SyntheticPatterns: has no image files"):
+        verify_images(synthetic)

@@ -171,7 +171,10 @@ def test_a_whole_selection_reads_the_host_once_per_step_for_each_decision(search
 
 def test_the_short_finetune_between_units_never_reads_the_host():
     model = meta_model("mobilenet_v2")
+    units = models.prunable_units("mobilenet_v2", model)
+    masks = Masks(model, units)
+    masks.set_counts(units[0].name, torch.tensor([1] + [0] * (units[0].size - 1)))
     batches = iter([meta_batch() for _ in range(3)])
     with DeviceAudit() as audit:
-        prune_cli.short_finetune(model, batches, steps=3, lr=1e-3, seed=0)
+        prune_cli.short_finetune(model, masks, batches, steps=3, lr=1e-3, seed=0)
     assert audit.reads == []
