@@ -48,7 +48,7 @@ from pruning import distributed
 from pruning.arguments import finite_float
 from pruning.distributed import say
 from pruning.baselines import FIXED_SIZE_METHODS, backward_elimination, fixed_size_counts
-from pruning.checkpoint import load, pruned_checkpoint, save_atomic, selection_cfg
+from pruning.checkpoint import load, load_error, pruned_checkpoint, save_atomic, selection_cfg
 from pruning.distributed_select import CandidatePartition, RankZeroStop, sync_model
 from pruning.evaluators import CandidateEvaluator, PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
@@ -248,8 +248,8 @@ def load_state(args: argparse.Namespace, out: Path) -> dict | None:
         state = load(path)
         saved = state["args"]
     except Exception as error:  # truncated or foreign file: pickle/zip errors share no base
-        raise ValueError(f"--resume: cannot read {path} ({type(error).__name__}: {error}); "
-                         "pass --overwrite to start the run again") from None
+        raise ValueError(f"--resume: cannot read {path} ({load_error(error)}); pass "
+                         "--overwrite to start the run again") from None
     now = selection_args(args)
     changed = [f"--{k.replace('_', '-')} (saved {saved.get(k)!r}, now {now[k]!r})"
                for k in now if k in saved and saved[k] != now[k]]
@@ -268,8 +268,7 @@ def read_match_kept(path: str) -> dict:
     except FileNotFoundError:
         raise ValueError(f"--match-kept {path}: no such file") from None
     except Exception as error:  # pickle/zip errors share no base class
-        raise ValueError(f"--match-kept {path}: not a checkpoint ({type(error).__name__}: "
-                         f"{error})") from None
+        raise ValueError(f"--match-kept {path}: not a checkpoint ({load_error(error)})") from None
     cfg = ckpt.get("cfg") if isinstance(ckpt, dict) else None
     if not isinstance(cfg, dict) or not isinstance(cfg.get("units"), dict):
         raise ValueError(f"--match-kept {path}: not a pruned checkpoint (no cfg of kept "

@@ -52,6 +52,14 @@ def load(path: str | os.PathLike) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def load_error(error: BaseException) -> str:
+    """The gist of why ``load`` failed, for a one-line message: torch's own text runs to a page
+    and suggests ``weights_only=False``, which a damaged or foreign file never needs."""
+    text = str(error).strip()
+    first = text.splitlines()[0].split(". ")[0] if text else "no detail"
+    return f"{type(error).__name__}: {first[:120]}"
+
+
 def selection_cfg(
     units: list[Unit], counts: dict[str, torch.Tensor], kept: dict[str, list[int]]
 ) -> dict:

@@ -105,7 +105,7 @@ def test_training_that_diverges_stops_naming_the_epoch_and_keeps_the_last_good_c
         result.stderr)
     assert not (tmp_path / "bad" / "last.pth").exists()  # nothing of the broken epoch is saved
     for line in (out / "metrics.jsonl").read_text().splitlines():
-        json.loads(line)  # plain JSON: no NaN or Infinity
+        json.loads(line, parse_constant=pytest.fail)  # plain JSON: no NaN or Infinity
 
 
 class NaNAfter:
