@@ -10,7 +10,8 @@ time of one greedy step (all N candidates of the unit) and candidates per second
     plain        one full forward per candidate (``PlainEvaluator``, the released code's way)
     +prefix      the block's input computed once per step (``PrefixCachedEvaluator``)
     +additive    candidate k as a rank-one update of the consumer output, one tail per candidate
-    +batched     candidates stacked along the batch (on GPU also bf16 autocast, channels_last)
+    +batched     candidates stacked along the batch, in ``--precision`` (the prune scripts' flag:
+                 IEEE float32, or bf16 autocast with channels_last on GPU)
     shortlist    linear scores of all N candidates, exact losses of the top K only
 
 Step times of plain/+prefix/+additive are the time per candidate (measured on a few
@@ -54,6 +55,7 @@ from pruning.fast_evaluators import (  # noqa: E402
     default_samples_per_pass,
 )
 from pruning.masks import Masks  # noqa: E402
+from pruning.precision import CANDIDATE_PRECISIONS  # noqa: E402
 from pruning.selection import SelectionSettings, greedy_forward_selection  # noqa: E402
 from pruning.shortlist import ShortlistEvaluator, shortlist  # noqa: E402
 from pruning.stop import MaxFraction  # noqa: E402
@@ -78,6 +80,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image-size", type=int, help="default: 224 on GPU, 64 on CPU")
     p.add_argument("--batch-size", type=int, help="mini-batch per step (default: 128 GPU, 32 CPU)")
     p.add_argument("--shortlist", type=int, help="K of the shortlist rung (default: 16)")
+    p.add_argument("--precision", choices=tuple(CANDIDATE_PRECISIONS), default="fp32",
+                   help="candidate losses of the +batched and shortlist rungs, as the prune "
+                        "scripts' --precision (bf16 adds channels_last on GPU)")
     p.add_argument("--fidelity-fraction", type=float,
                    help="kept fraction of each unit in the fidelity run (default: 0.3)")
     p.add_argument("--fidelity-batch-size", type=int,
@@ -115,25 +120,26 @@ def seconds(fn, device: torch.device) -> float:
 class Rig:
     """One randomly initialized network (speed does not depend on the weights) and its evaluators.
 
-    The batched rung gets its own copy on GPU, because channels_last converts the model.
+    The batched rung gets its own copy for bf16 on GPU, because channels_last converts the model.
     """
 
     def __init__(self, arch: str, args: argparse.Namespace):
         self.arch, self.args = arch, args
-        gpu = args.device.type == "cuda"
+        channels_last = args.device.type == "cuda" and args.precision == "bf16"
         self.model = models.build(arch, 1.0, NUM_CLASSES).to(args.device).eval()
         self.units = models.prunable_units(arch, self.model)
         self.masks = Masks(self.model, self.units)
         self.splits = splits = splitter(arch, self.model)
         fast_model = self.model
-        if gpu:
+        if channels_last:
             fast_model = models.build(arch, 1.0, NUM_CLASSES).to(args.device).eval()
             fast_model.load_state_dict(self.model.state_dict())
             Masks(fast_model, self.units)  # dense, like the reference model's masks
         per_pass = default_samples_per_pass(args.device)
         self.per_pass = max(1, per_pass // args.batch_size)
         batched = FastEvaluator(fast_model, splitter(arch, fast_model), per_pass,
-                                amp=torch.bfloat16 if gpu else None, channels_last=gpu)
+                                amp=CANDIDATE_PRECISIONS[args.precision],
+                                channels_last=channels_last)
         self.rungs = {
             "plain": PlainEvaluator(self.model, self.masks),
             "+prefix": PrefixCachedEvaluator(self.model, self.masks, splits),
@@ -305,11 +311,13 @@ def fidelity(args: argparse.Namespace) -> dict:
             "short_s": short_s}
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return (f"{torch.cuda.get_device_name(device)} (+batched and shortlist: bf16 autocast, "
-                "channels_last; plain, +prefix, +additive: IEEE float32)")
-    return f"cpu, {torch.get_num_threads()} thread, fp32"
+def device_name(args: argparse.Namespace) -> str:
+    if args.device.type == "cuda":
+        batched = "bf16 autocast, channels_last" if args.precision == "bf16" else "IEEE float32"
+        return (f"{torch.cuda.get_device_name(args.device)} (+batched and shortlist: {batched}; "
+                "plain, +prefix, +additive: IEEE float32)")
+    batched = "" if args.precision == "fp32" else " (+batched and shortlist: bf16 autocast)"
+    return f"cpu, {torch.get_num_threads()} thread, fp32{batched}"
 
 
 def main() -> None:
@@ -324,7 +332,7 @@ def main() -> None:
     fid = fidelity(args)
     k = args.shortlist
     print(f"Greedy step time, {args.image_size} px, batch {args.batch_size}, "
-          f"device: {device_name(args.device)}")
+          f"device: {device_name(args)}")
     print(f"{'arch':<13}{'unit':<19}{'N':>5}  {'evaluator':<14}{'step s':>10}{'cand/s':>10}"
           f"{'speed-up':>10}{'FLOP bound':>12}")
     for arch, name, n, rung, t, rate, speedup, bound in rows:
@@ -345,7 +353,7 @@ def main() -> None:
           f"{fid['short_s']:.0f} s shortlist")
     print(f"whole MobileNetV2 selection (17 hidden units, steps proportional to N): exact greedy "
           f"{exact_speedup:.1f}x, shortlist K={k} {short_speedup:.1f}x faster than plain; "
-          f"device {device_name(args.device)}; benchmark took {time.perf_counter() - start:.0f} s")
+          f"device {device_name(args)}; benchmark took {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":
