@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import random
 import shutil
 import sys
@@ -82,7 +81,7 @@ from models.weights import PretrainedDownloadError, load_pretrained
 from pruning import distributed
 from pruning.checkpoint import FORMAT, load, rebuild, save_atomic
 from pruning.flops import macs_and_params
-from pruning.arguments import finite_float
+from pruning.arguments import check_output_dir, finite_float
 from pruning.grda import gRDA, grda_param_groups, sparsity_report
 from pruning.precision import device_name, runtime_record, set_tf32, tf32_in_effect
 from pruning.stop import NonFiniteLoss, require_finite, require_finite_parameters
@@ -250,12 +249,10 @@ def check_args(args: argparse.Namespace, world: distributed.World) -> None:
     if args.resume and args.overwrite:
         raise UsageError("--resume continues the run in --output-dir, --overwrite replaces it: "
                          "give one")
-    out = Path(args.output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--output-dir {out}: exists and is not a folder")
-    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--output-dir {out}: {existing} is not writable")
+    try:
+        check_output_dir(Path(args.output_dir))
+    except ValueError as error:
+        raise UsageError(str(error)) from None
     if not 0 <= args.label_smoothing < 1:
         raise UsageError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
 

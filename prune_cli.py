@@ -45,7 +45,7 @@ import models
 from models.suffix import splitter
 from models.weights import PretrainedDownloadError, load_pretrained
 from pruning import distributed
-from pruning.arguments import finite_float
+from pruning.arguments import check_output_dir, finite_float
 from pruning.distributed import say
 from pruning.baselines import FIXED_SIZE_METHODS, backward_elimination, fixed_size_counts
 from pruning.checkpoint import load, load_error, pruned_checkpoint, save_atomic, selection_cfg
@@ -186,15 +186,6 @@ def check_args(args: argparse.Namespace) -> None:
     if args.precision == "bf16" and args.evaluator == "plain":
         raise ValueError("--precision bf16 needs --evaluator fast (the plain evaluator is the "
                          "float32 reference)")
-
-
-def check_output_dir(out: Path) -> None:
-    """--output-dir must be a folder we can write, checked before any work."""
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--output-dir {out}: exists and is not a folder")
-    existing = next((p for p in (out, *out.parents) if p.exists()), Path("."))
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise ValueError(f"--output-dir {out}: {existing} is not writable")
 
 
 def selection_args(args: argparse.Namespace) -> dict:
@@ -341,8 +332,9 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     state = load_state(args, out)
     match_cfg = read_match_kept(args.match_kept) if args.match_kept else None
     if args.pretrained:  # refuse weights of another architecture/width before scanning any data
-        load_pretrained(models.build(arch, args.width), arch, args.pretrained,
-                        allow_head_mismatch=True)
+        checked = models.build(arch, args.width)
+        load_pretrained(checked, arch, args.pretrained, allow_head_mismatch=True)
+        require_finite_parameters(checked, f"--pretrained {args.pretrained}")
     start = time.time()
     seed_everything(args.seed)
 
@@ -364,7 +356,6 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     else:
         say("no --pretrained given: pruning a randomly initialized network")
     model.to(device).eval()
-    require_finite_parameters(model, f"--pretrained {args.pretrained}")
     units = models.prunable_units(arch, model, args.units)
     masks = Masks(model, units)
     dense_loss, dense_top1 = loss_and_top1(model, eval_batches)

@@ -163,6 +163,15 @@ class _Open:
         return open, (str(self.marker), "w")
 
 
+def _refused(data_path: Path, split: str, file: Path, match: str) -> str:
+    """The DataError of loading ``split``, which must match ``match`` and name ``file`` first."""
+    with pytest.raises(DataError, match=match) as caught:
+        build_dataset("cifar10", data_path, split)
+    message = str(caught.value)
+    assert message.startswith(f"--data-path {file}: ")
+    return message
+
+
 def _system_protocol0(marker: Path) -> bytes:
     return f"cos\nsystem\n(S'touch {marker}'\ntR.".encode()
 
@@ -203,11 +212,8 @@ def test_hostile_pickles_are_refused_before_anything_runs(tmp_path, name, split,
     _write_folder(folder)
     marker = tmp_path / "marker"
     (folder / name).write_bytes(_hostile_payloads(marker)[payload])
-    with pytest.raises(DataError, match="refused to load") as caught:
-        build_dataset("cifar10", tmp_path, split)
+    message = _refused(tmp_path, split, folder / name, "refused to load")
     assert not marker.exists()
-    message = str(caught.value)
-    assert message.startswith(f"--data-path {folder / name}: ")
     assert ("system" in message) or ("open" in message)
 
 
@@ -233,9 +239,7 @@ def test_hostile_pickles_are_refused_before_anything_runs(tmp_path, name, split,
 def test_malformed_batches_name_the_file(tmp_path, entry, message):
     _write_folder(tmp_path)
     (tmp_path / "data_batch_3").write_bytes(pickle.dumps(entry))
-    with pytest.raises(DataError, match=message) as caught:
-        build_dataset("cifar10", tmp_path, "train")
-    assert str(caught.value).startswith(f"--data-path {tmp_path / 'data_batch_3'}: ")
+    _refused(tmp_path, "train", tmp_path / "data_batch_3", message)
 
 
 @pytest.mark.parametrize(
@@ -249,9 +253,7 @@ def test_malformed_batches_name_the_file(tmp_path, entry, message):
 def test_malformed_meta_names_the_file(tmp_path, meta, message):
     _write_folder(tmp_path)
     (tmp_path / "batches.meta").write_bytes(pickle.dumps(meta))
-    with pytest.raises(DataError, match=message) as caught:
-        build_dataset("cifar10", tmp_path, "val")
-    assert str(caught.value).startswith(f"--data-path {tmp_path / 'batches.meta'}: ")
+    _refused(tmp_path, "val", tmp_path / "batches.meta", message)
 
 
 @pytest.mark.parametrize(
@@ -264,9 +266,7 @@ def test_unreadable_batches_name_the_file(tmp_path, content):
     if content == "truncated":
         content = (tmp_path / "test_batch").read_bytes()[:5000]
     (tmp_path / "test_batch").write_bytes(content)
-    with pytest.raises(DataError, match="not a readable CIFAR-10 python batch") as caught:
-        build_dataset("cifar10", tmp_path, "val")
-    assert str(caught.value).startswith(f"--data-path {tmp_path / 'test_batch'}: ")
+    _refused(tmp_path, "val", tmp_path / "test_batch", "not a readable CIFAR-10 python batch")
 
 
 def test_codecs_other_than_latin1_are_refused(tmp_path):
