@@ -85,9 +85,10 @@ class Masks:
 
         A hook multiplying channel j by w_j = N c_j / |S| also multiplies the gradient of the
         weights that read channel j by w_j, so an SGD step moves their contribution w_j^2 times
-        as far as the same step on the slim network, where w_j is folded into those weights:
-        w_j = 96 for one kept channel of 96 makes a short fine-tune between units (lr 1e-3)
-        diverge. Inside the block the multipliers are folded into each unit's site
+        as far as the same step on the slim network, where w_j is folded into those weights
+        (w_j = 96 for one kept channel of 96): with train-mode BatchNorm, one of the two causes
+        of short fine-tunes between units wrecking the network (``prune_cli.short_finetune``).
+        Inside the block the multipliers are folded into each unit's site
         (``pruning.slim.fold``) and the masks only keep or drop channels (1 or 0); on exit they
         are divided out again and the masks restored. Dropped channels are left untouched.
         """

@@ -14,8 +14,10 @@ import pytest
 import torch
 
 import finetune_cli
+import models
 import prune_cli
 from pruning.checkpoint import load, save_atomic
+from pruning.masks import Masks
 from pruning.selection import SelectionSettings, select_unit
 from pruning.stop import MaxFraction, NonFiniteLoss
 from tests.test_engine import tiny_net, tiny_units
@@ -122,8 +124,6 @@ class NaNAfter:
 
 def test_selection_stops_at_a_non_finite_loss_naming_the_unit_and_step():
     model, units = tiny_net(), tiny_units()
-    from pruning.masks import Masks
-
     masks = Masks(model, units)
     batches = iter(lambda: (torch.randn(4, 3, 8, 8), torch.randint(0, 4, (4,))), None)
     with pytest.raises(NonFiniteLoss, match="unit u1, step 3: the best candidate's loss is nan"):
@@ -218,8 +218,6 @@ def test_ctrl_c_prints_one_line_and_leaves_no_temporary_file(tmp_path):
 def test_weights_holding_nan_are_refused_naming_the_parameter(tmp_path):
     """Seen on a CPU: --amp bfloat16 training left NaN in weights no input reaches at 16 px,
     invisible in the loss; pruning them made the float64 slim check NaN."""
-    import models
-
     model = models.build("resnet34", 1.0, num_classes=10)
     state = model.state_dict()
     state["layer4.0.conv1.weight"][0, 0, 0, 0] = float("nan")
