@@ -16,8 +16,10 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 	$(PY) scripts/gpu_check.py --device cpu
 
+# Writes to runs/demo (git-ignored); fig/ holds the committed copies, made by hand with
+# `$(PY) toy_two_layer.py --out fig`.
 demo: $(STAMP)
-	$(PY) toy_two_layer.py --out fig
+	$(PY) toy_two_layer.py
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

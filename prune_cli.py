@@ -1,13 +1,16 @@
-"""The command line shared by ``mobile2_prune.py`` and ``resnet34_prune.py``.
+"""The command line shared by ``mobile2_prune.py`` and ``resnet34_prune.py``: setup, select,
+slim, report.
 
 It parses and checks the arguments (before any long work), builds the data, the pretrained model
 and its units, runs layer-wise greedy forward selection (``pruning.selection``), checkpoints
-after every unit, removes the dead channels physically, and writes
+after every unit, removes the dead channels physically, and writes (``pruning.checkpoint``)
 
-    <output-dir>/pruned.pth        slim state_dict + cfg (rebuilt by ``models.load_pruned``)
-    <output-dir>/summary.json      MACs, params, kept channels, losses, timing
-    <output-dir>/selection_state.pth   progress, for --resume
-    <output-dir>/tb/               TensorBoard scalars
+    <output-dir>/pruned.pth            the slim network (kind ``pruned``: weights + cfg)
+    <output-dir>/masked.pth            the full-width network and every unit's mixing weights
+                                       (kind ``masked``, as the released code saved it)
+    <output-dir>/summary.json          MACs, params, kept channels, losses, timing, device
+    <output-dir>/selection_state.pth   progress, for --resume (removed when the run ends)
+    <output-dir>/tb/                   TensorBoard scalars
 
 Selection runs the network in eval mode (BatchNorm uses its running statistics, as in the
 released code) on mini-batches with the evaluation transform, drawn from one persistent loader.
@@ -25,167 +28,149 @@ of each step's candidates (``pruning.distributed_select``); all ranks make the s
 and only rank 0 shows progress and writes files.
 """
 
+# Why this module is longer than 400 lines: it holds every flag of the prune scripts with its help
+# text (about 90 lines) and the four stages a reader follows top to bottom (setup, select, slim,
+# report); each function is short and the shared parts live in pruning/ (arguments, rundir,
+# runlog, command, checkpoint).
+
 import argparse
-import json
 import math
-import os
-import shutil
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Subset
-from tqdm import tqdm
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 import data
-from data.seeding import seed_everything
 import models
-from models.suffix import splitter
+from data.seeding import seed_everything
 from models.weights import PretrainedDownloadError, load_pretrained
 from pruning import distributed
-from pruning.arguments import check_output_dir, finite_float
-from pruning.distributed import say
+from pruning.arguments import (HelpFormatter, UsageError, add_shared_arguments, check_same_run,
+                               check_shared, finite_float, plain, require_at_least)
 from pruning.baselines import FIXED_SIZE_METHODS, backward_elimination, fixed_size_counts
-from pruning.checkpoint import load, load_error, pruned_checkpoint, save_atomic, selection_cfg
+from pruning.checkpoint import Checkpoint, CheckpointError, read, save, selection_cfg
+from pruning.command import run_command
 from pruning.distributed_select import CandidatePartition, RankZeroStop, sync_model
-from pruning.evaluators import CandidateEvaluator, PlainEvaluator
+from pruning.evaluators import CandidateEvaluator, PlainEvaluator, require
 from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
-from pruning.measure import SubsetMeasure
-from pruning.metrics import loss_and_top1
+from pruning.metrics import SubsetMeasure, loss_and_top1
 from pruning.precision import CANDIDATE_PRECISIONS, exact_float32, runtime_record
-from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection
+from pruning.rundir import RunDir
+from pruning.runlog import RunLog
+from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection, unit_seed
 from pruning.shortlist import ShortlistEvaluator
 from pruning.slim import float64_logits, slim_model, slim_verification
-from pruning.stop import (
-    LossGap,
-    MatchKept,
-    MaxFraction,
-    NonFiniteLoss,
-    Top1Tolerance,
-    require_finite,
-    require_finite_parameters,
-)
+from pruning.stop import (LossGap, MatchKept, MaxFraction, StopRule, Top1Tolerance,
+                          require_finite, require_finite_parameters)
+from pruning.units import Unit
 
 STATE_FILE = "selection_state.pth"
 # Arguments that change what is selected (the evaluator only by float rounding, which can flip a
 # near tie): a resumed run must use the same values.
 SELECTION_ARGS = (
     "arch", "width", "units", "dataset", "data_path", "image_size", "synthetic_images",
-    "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size", "eval_images",
-    "candidates", "with_replacement", "seed", "finetune_between", "finetune_lr", "method",
-    "match_kept", "shortlist", "evaluator", "precision",
+    "synthetic_seed", "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size",
+    "eval_images", "candidates", "with_replacement", "seed", "finetune_between", "finetune_lr",
+    "method", "match_kept", "shortlist", "evaluator", "precision",
 )
 METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
 
 
 def build_parser(arch: str) -> argparse.ArgumentParser:
+    family = models.get(arch)
     p = argparse.ArgumentParser(
-        description=f"Prune {arch} by layer-wise greedy forward selection (Ye et al., 2020).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("--dataset", choices=data.DATASETS, default="imagenet")
-    p.add_argument("--data-path", help="dataset root (train/ and val/ folders, or CIFAR batches)")
-    p.add_argument("--image-size", type=int,
-                   help="input resolution (default: 224 ImageNet, 32 otherwise)")
-    p.add_argument("--synthetic-images", type=int, default=2000,
-                   help="training images of the synthetic dataset")
+        description=f"Prune {family.title} by layer-wise greedy forward selection "
+                    "(Ye et al., 2020).", formatter_class=HelpFormatter)
+    add_shared_arguments(p, family.title, family.has_width, f"runs/{arch}_prune")
+    p.set_defaults(arch=arch)
     p.add_argument("--pretrained", default="",
-                   help="weights to prune: a torchvision enum name (IMAGENET1K_V1) or a file")
-    if arch == "mobilenet_v2":
-        p.add_argument("--width", type=float, default=1.0, choices=(1.0, 0.75, 0.5))
-    p.add_argument("--units", choices=models.UNIT_KINDS[arch], default=models.DEFAULT_UNITS[arch],
+                   help="weights to prune: a torchvision enum name (IMAGENET1K_V1) or a file "
+                        "(without it: a randomly initialized network, a smoke test only)")
+    s = p.add_argument_group("selection")
+    s.add_argument("--units", choices=family.unit_kinds, default=family.default_units,
                    help="which channel groups to prune")
-    p.add_argument("--method", choices=METHODS, default="greedy",
+    s.add_argument("--method", choices=METHODS, default="greedy",
                    help="greedy: forward selection (the paper); backward: greedy backward "
                         "elimination; magnitude / random / uniform: fixed-size baselines that "
                         "need --stop fraction or --match-kept")
-    p.add_argument("--match-kept", default=None,
-                   help="a pruned.pth whose per-unit kept channel counts this run stops at")
-    p.add_argument("--stop", choices=("loss_gap", "top1_tol", "fraction"), default="loss_gap",
+    s.add_argument("--match-kept", help="a pruned.pth whose per-unit kept channel counts this run "
+                                        "stops at")
+    s.add_argument("--stop", choices=("loss_gap", "top1_tol", "fraction"), default="loss_gap",
                    help="loss_gap: the paper's epsilon rule; top1_tol: the released code's; "
                         "fraction: keep --keep-fraction of every unit")
-    p.add_argument("--epsilon", type=finite_float, default=0.05,
+    s.add_argument("--epsilon", type=finite_float, default=0.05,
                    help="loss_gap: stop a unit once loss - dense loss < epsilon")
-    p.add_argument("--top1-tol", type=finite_float, default=0.02,
+    s.add_argument("--top1-tol", type=finite_float, default=0.02,
                    help="top1_tol: stop once top-1 >= (1 - tol) x top-1 at the unit's start")
-    p.add_argument("--keep-fraction", type=finite_float, default=1.0,
+    s.add_argument("--keep-fraction", type=finite_float, default=1.0,
                    help="fraction: channels kept per unit (with other rules: unused)")
-    p.add_argument("--batch-size", type=int, default=128, help="mini-batch per greedy step")
-    p.add_argument("--eval-images", type=int, default=1024,
+    s.add_argument("--batch-size", type=int, default=128, help="mini-batch per greedy step")
+    s.add_argument("--eval-images", type=int, default=1024,
                    help="size of the fixed class-balanced subset the stop rule measures")
-    p.add_argument("--eval-batch-size", type=int, default=256)
-    p.add_argument("--candidates", type=int, default=None,
+    s.add_argument("--candidates", type=int,
                    help="score a random K-subset of candidates per step (default: all)")
-    p.add_argument("--evaluator", choices=("plain", "fast"), default="fast",
-                   help="plain: one full forward per candidate (the released code); fast: the "
-                        "same losses from a cached prefix, additive updates and batched "
-                        "candidates (see --precision)")
-    p.add_argument("--precision", choices=tuple(CANDIDATE_PRECISIONS), default="fp32",
-                   help="candidate losses of --evaluator fast: IEEE float32 (the plain "
-                        "evaluator's picks) or bf16 autocast with channels_last on a GPU")
-    p.add_argument("--shortlist", type=int, default=None,
-                   help="greedy: evaluate exactly only the K best candidates of the first-order "
-                        "(Frank-Wolfe) ranking, which keeps the guarantee; default: all")
-    p.add_argument("--with-replacement", action="store_true",
+    s.add_argument("--with-replacement", action="store_true",
                    help="let a channel be selected again (the paper's two-layer theory); by "
                         "default each channel is selected once, so a unit can always reach the "
                         "dense loss")
-    p.add_argument("--finetune-between", type=finite_float, default=0.0,
+    s.add_argument("--finetune-between", type=finite_float, default=0.0,
                    help="epochs of SGD after each unit (the released code used 0.1); 0 = off")
-    p.add_argument("--finetune-lr", type=finite_float, default=1e-3,
+    s.add_argument("--finetune-lr", type=finite_float, default=1e-3,
                    help="learning rate of --finetune-between")
-    p.add_argument("--output-dir", default=f"runs/{arch}_prune")
-    p.add_argument("--resume", action="store_true",
-                   help="continue the run in --output-dir from its last completed unit; a "
-                        "finished run is reported and left as it is")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the run (finished or not) in --output-dir")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
-                   help="DataLoader worker processes")
-    p.add_argument("--no-progress", action="store_true", help="no tqdm bars")
+    e = p.add_argument_group("speed")
+    e.add_argument("--evaluator", choices=("plain", "fast"), default="fast",
+                   help="plain: one full forward per candidate (the released code); fast: the "
+                        "same losses from a cached prefix, additive updates and batched "
+                        "candidates (see --precision)")
+    e.add_argument("--precision", choices=tuple(CANDIDATE_PRECISIONS), default="fp32",
+                   help="candidate losses of --evaluator fast: IEEE float32 (the plain "
+                        "evaluator's picks) or bf16 autocast with channels_last on a GPU")
+    e.add_argument("--shortlist", type=int,
+                   help="greedy: evaluate exactly only the K best candidates of the first-order "
+                        "(Frank-Wolfe) ranking, which keeps the guarantee (default: all)")
     return p
 
 
 def check_args(args: argparse.Namespace) -> None:
     """Every check that needs no data or model, so bad input fails in a second."""
+    family = models.get(args.arch)
+    args.width = 1.0 if getattr(args, "width", None) is None else args.width
+    try:
+        family.check_width(args.width)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    check_shared(args, distributed.world_from_env())
     if not args.epsilon > 0:
-        raise ValueError(f"--epsilon must be > 0, got {args.epsilon}")
-    for name in ("batch_size", "eval_images", "eval_batch_size", "synthetic_images"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    if args.workers < 0:
-        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+        raise UsageError(f"--epsilon must be > 0, got {args.epsilon}")
+    for name in ("batch_size", "eval_images"):
+        require_at_least(args, name, 1)
     if args.finetune_between < 0:
-        raise ValueError(f"--finetune-between must be >= 0, got {args.finetune_between}")
+        raise UsageError(f"--finetune-between must be >= 0, got {args.finetune_between}")
     if not args.finetune_lr > 0:
-        raise ValueError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
-    if args.resume and args.overwrite:
-        raise ValueError("--resume continues the run in --output-dir, --overwrite replaces it: "
-                         "give one")
-    check_output_dir(Path(args.output_dir))
-    if args.image_size is not None and args.image_size < 8:
-        raise ValueError(f"--image-size must be >= 8, got {args.image_size}")
+        raise UsageError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
     MaxFraction(args.keep_fraction)
-    if args.method in FIXED_SIZE_METHODS and args.stop != "fraction" and not args.match_kept:
-        raise ValueError(f"--method {args.method} keeps a given number of channels: "
-                         "use --stop fraction --keep-fraction F or --match-kept PATH")
     Top1Tolerance(args.top1_tol, measure=None)
     SelectionSettings(candidates=args.candidates)
+    if args.method in FIXED_SIZE_METHODS and args.stop != "fraction" and not args.match_kept:
+        raise UsageError(f"--method {args.method} keeps a given number of channels: "
+                         "use --stop fraction --keep-fraction F or --match-kept PATH")
     if args.shortlist is not None:
         if args.shortlist < 1:
-            raise ValueError(f"--shortlist must be >= 1, got {args.shortlist}")
+            raise UsageError(f"--shortlist must be >= 1, got {args.shortlist}")
         if args.method != "greedy" or args.evaluator != "fast":
-            raise ValueError("--shortlist needs --method greedy and --evaluator fast")
-    args.device = distributed.resolve_device(args.device, distributed.world_from_env())
+            raise UsageError("--shortlist needs --method greedy and --evaluator fast")
     if args.precision == "bf16" and args.evaluator == "plain":
-        raise ValueError("--precision bf16 needs --evaluator fast (the plain evaluator is the "
+        raise UsageError("--precision bf16 needs --evaluator fast (the plain evaluator is the "
                          "float32 reference)")
+    if args.evaluator == "fast" and family.split is None:
+        raise UsageError(f"--evaluator fast: {family.title} declares no split; use "
+                         "--evaluator plain")
 
 
 def selection_args(args: argparse.Namespace) -> dict:
@@ -201,100 +186,29 @@ def selection_args(args: argparse.Namespace) -> dict:
         unused.add("keep_fraction")
     if not args.finetune_between:
         unused.add("finetune_lr")
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-            if k in SELECTION_ARGS and k not in unused}
-
-
-class Finished(Exception):
-    """--resume found a finished run: nothing to do."""
-
-
-def load_state(args: argparse.Namespace, out: Path) -> dict | None:
-    """The saved progress of an interrupted run, after checking it is the same run.
-
-    A finished run (pruned.pth) or one in progress is never replaced silently: --resume
-    continues it (a finished one is only reported: ``Finished``), --overwrite removes it.
-    """
-    path = out / STATE_FILE
-    finished = (out / "pruned.pth").exists()
-    if args.overwrite:
-        for name in ("pruned.pth", "summary.json", STATE_FILE):
-            (out / name).unlink(missing_ok=True)
-        shutil.rmtree(out / "tb", ignore_errors=True)
-        return None
-    if finished and not path.exists():
-        if args.resume:
-            raise Finished(f"--resume: {out} holds a finished run (pruned.pth); nothing to do")
-        raise ValueError(f"--output-dir {out} holds a finished run (pruned.pth); choose another "
-                         "--output-dir or pass --overwrite to replace it")
-    if not path.exists():
-        if args.resume:
-            say(f"--resume: no {STATE_FILE} in {out}, starting from the first unit")
-        return None
-    if not args.resume:
-        raise ValueError(f"--output-dir {out} holds a run in progress ({STATE_FILE}); "
-                         "pass --resume to continue it, --overwrite to replace it, or choose "
-                         "another --output-dir")
-    try:
-        state = load(path)
-        saved = state["args"]
-    except Exception as error:  # truncated or foreign file: pickle/zip errors share no base
-        raise ValueError(f"--resume: cannot read {path} ({load_error(error)}); pass "
-                         "--overwrite to start the run again") from None
-    now = selection_args(args)
-    changed = [f"--{k.replace('_', '-')} (saved {saved.get(k)!r}, now {now[k]!r})"
-               for k in now if k in saved and saved[k] != now[k]]
-    changed += [f"--{k.replace('_', '-')} (now {now[k]!r}, not saved)"
-                for k in now if k not in saved and k != "precision"]
-    if changed:
-        raise ValueError("--resume: these arguments differ from the interrupted run: "
-                         + ", ".join(changed))
-    return state
+    return {k: v for k, v in plain(args).items() if k in SELECTION_ARGS and k not in unused}
 
 
 def read_match_kept(path: str) -> dict:
     """The per-unit cfg of --match-kept's pruned checkpoint, read before any work."""
-    try:
-        ckpt = load(path)
-    except FileNotFoundError:
-        raise ValueError(f"--match-kept {path}: no such file") from None
-    except Exception as error:  # pickle/zip errors share no base class
-        raise ValueError(f"--match-kept {path}: not a checkpoint ({load_error(error)})") from None
-    cfg = ckpt.get("cfg") if isinstance(ckpt, dict) else None
-    if not isinstance(cfg, dict) or not isinstance(cfg.get("units"), dict):
-        raise ValueError(f"--match-kept {path}: not a pruned checkpoint (no cfg of kept "
-                         "channels); give a prune run's pruned.pth")
-    return cfg["units"]
+    ckpt = read(path, "--match-kept", ("pruned", "masked", "training"))
+    if ckpt.cfg is None:
+        raise CheckpointError(f"--match-kept {path}: a dense network, no cfg of kept channels; "
+                              "give a prune run's pruned.pth")
+    return ckpt.cfg["units"]
 
 
-def matched_kept(cfg: dict, path: str, units) -> dict[str, int]:
+def matched_kept(cfg: dict, path: str, units: list[Unit]) -> dict[str, int]:
     """Per-unit kept channel counts of another pruned checkpoint of the same units."""
     missing = [u.name for u in units if u.name not in cfg or cfg[u.name]["total"] != u.size]
     if missing:
-        raise ValueError(f"--match-kept {path}: no matching unit for {', '.join(missing[:4])}"
+        raise UsageError(f"--match-kept {path}: no matching unit for {', '.join(missing[:4])}"
                          f"{' ...' if len(missing) > 4 else ''} (another architecture or --units?)")
     return {u.name: cfg[u.name]["kept"] for u in units}
 
 
-def build_evaluator(args: argparse.Namespace, model, masks,
-                    world: distributed.World) -> CandidateEvaluator:
-    """--evaluator, shared across the ranks of a torchrun job, with the --shortlist on top."""
-    gpu = args.device.type == "cuda"
-    if args.evaluator == "plain":
-        evaluator = PlainEvaluator(model, masks)
-    else:
-        evaluator = FastEvaluator(model, splitter(args.arch, model),
-                                  default_samples_per_pass(args.device),
-                                  amp=CANDIDATE_PRECISIONS[args.precision],
-                                  channels_last=gpu and args.precision == "bf16")
-    if world.distributed:
-        evaluator = CandidatePartition(evaluator)
-    if args.shortlist is not None:
-        evaluator = ShortlistEvaluator(evaluator, args.shortlist)
-    return evaluator
-
-
-def short_finetune(model, masks: Masks, batches, steps: int, lr: float, seed: int) -> None:
+def short_finetune(model: nn.Module, masks: Masks, batches, steps: int, lr: float,
+                   seed: int) -> None:
     """A few SGD steps on the masked network between units (the released code's 0.1 epoch).
 
     Two things keep them stable (unstable, a MobileNetV2 x0.5 went to a NaN loss). BatchNorm
@@ -322,204 +236,325 @@ def short_finetune(model, masks: Masks, batches, steps: int, lr: float, seed: in
     model.eval()
 
 
-def run(arch: str, argv: list[str] | None = None) -> dict:
-    args = build_parser(arch).parse_args(argv)
-    args.arch = arch
-    args.width = getattr(args, "width", 1.0)
-    check_args(args)
-    world = distributed.init(args.device.type)
-    out = Path(args.output_dir)
-    state = load_state(args, out)
-    match_cfg = read_match_kept(args.match_kept) if args.match_kept else None
-    if args.pretrained:  # refuse weights of another architecture/width before scanning any data
-        checked = models.build(arch, args.width)
-        load_pretrained(checked, arch, args.pretrained, allow_head_mismatch=True)
-        require_finite_parameters(checked, f"--pretrained {args.pretrained}")
-    start = time.time()
-    seed_everything(args.seed)
+# ----------------------------------------------------------------------------------------------
+# Setup
+# ----------------------------------------------------------------------------------------------
 
+
+@dataclass
+class Job:
+    """Everything a selection needs, built by ``setup``."""
+
+    args: argparse.Namespace
+    world: distributed.World
+    log: RunLog
+    train_set: Dataset
+    num_classes: int
+    image_size: int
+    eval_batches: list
+    model: nn.Module
+    units: list[Unit]
+    masks: Masks
+    dense: tuple[float, float]
+    saved: Checkpoint | None
+    batches: BatchStream
+    measure: SubsetMeasure
+    stop: StopRule
+    start: float
+
+
+def parse(arch: str, argv: list[str] | None) -> argparse.Namespace:
+    args = build_parser(arch).parse_args(argv)
+    check_args(args)
+    return args
+
+
+def run_dir(args: argparse.Namespace) -> RunDir:
+    return RunDir(Path(args.output_dir), ("pruned.pth", "masked.pth", "summary.json",
+                                          STATE_FILE, "tb"), STATE_FILE, "pruned.pth")
+
+
+def read_state(path: Path | None, args: argparse.Namespace) -> Checkpoint | None:
+    """The interrupted run's selection state, after checking it is the same run."""
+    if path is None:
+        return None
+    try:
+        state = read(path, "--resume", ("selection",))
+    except CheckpointError as error:
+        raise UsageError(f"--resume: cannot read {path} ({error.detail}); pass --overwrite to "
+                         "start the run again") from None
+    defaults = {k: v for k, v in vars(build_parser(args.arch).parse_args([])).items()}
+    check_same_run(state.args, selection_args(args), defaults)
+    return state
+
+
+def check_pretrained(args: argparse.Namespace) -> None:
+    """Weights of another architecture or width are refused before any data is scanned."""
+    if args.pretrained:
+        checked = models.build(args.arch, args.width)
+        load_pretrained(checked, args.arch, args.pretrained, allow_head_mismatch=True)
+        require_finite_parameters(checked, f"--pretrained {args.pretrained}")
+
+
+def load_data(args: argparse.Namespace) -> tuple[Dataset, int, int, list]:
+    """The training set (evaluation transform), its class count, the image size, and the
+    stop rule's fixed class-balanced subset as a list of device batches."""
     image_size = args.image_size or data.default_image_size(args.dataset)
-    synthetic = {"num_images": args.synthetic_images} if args.dataset == "synthetic" else {}
+    synthetic = ({"num_images": args.synthetic_images, "seed": args.synthetic_seed}
+                 if args.dataset == "synthetic" else {})
     train_set, num_classes = data.build_dataset(
-        args.dataset, args.data_path, "train", image_size=image_size, augment=False, **synthetic
-    )
+        args.dataset, args.data_path, "train", image_size=image_size, augment=False, **synthetic)
     eval_indices = data.class_balanced_subset(
         data.get_targets(train_set), min(args.eval_images, len(train_set)), seed=args.seed)
-    device = args.device
-    eval_loader = DataLoader(Subset(train_set, eval_indices), batch_size=args.eval_batch_size,
-                             num_workers=args.workers)
-    eval_batches = [(x.to(device), y.to(device)) for x, y in eval_loader]
+    loader = DataLoader(Subset(train_set, eval_indices), batch_size=args.eval_batch_size,
+                        num_workers=args.workers)
+    eval_batches = [(x.to(args.device), y.to(args.device)) for x, y in loader]
+    return train_set, num_classes, image_size, eval_batches
 
-    model = models.build(arch, args.width, num_classes)
-    if args.pretrained:
-        say(load_pretrained(model, arch, args.pretrained))
+
+def build_stop(args: argparse.Namespace, units: list[Unit], dense_loss: float,
+               measure: SubsetMeasure, match_cfg: dict | None, world) -> StopRule:
+    if match_cfg is not None:
+        return MatchKept(matched_kept(match_cfg, args.match_kept, units))
+    if args.stop == "fraction":
+        return MaxFraction(args.keep_fraction)
+    if args.stop == "loss_gap":
+        stop = LossGap(args.epsilon, dense_loss, measure)
     else:
-        say("no --pretrained given: pruning a randomly initialized network")
-    model.to(device).eval()
-    units = models.prunable_units(arch, model, args.units)
-    masks = Masks(model, units)
-    dense_loss, dense_top1 = loss_and_top1(model, eval_batches)
-    require_finite(dense_loss, "the dense network's loss on the evaluation subset")
-    say(f"dense: loss {dense_loss:.4f}, top-1 {100 * dense_top1:.2f}% on {len(eval_indices)} "
-        f"training images; {len(units)} units, {sum(u.size for u in units)} channels")
+        stop = Top1Tolerance(args.top1_tol, measure)
+    return RankZeroStop(stop) if world.distributed else stop  # one verdict for all ranks
 
-    completed, drawn, previous_seconds = {}, 0, 0.0
-    if state is not None:
-        completed, drawn = state["completed"], state["batches_drawn"]
-        previous_seconds = state["seconds"]
-        model.load_state_dict(state["model"])
-        say(f"resuming after {len(completed)} of {len(units)} units")
+
+def setup(args: argparse.Namespace, world: distributed.World) -> Job:
+    """The run folder, data, pretrained model, units, dense measurement and stop rule."""
+    log = RunLog(Path(args.output_dir), world.is_main, not args.no_progress)
+    saved = read_state(run_dir(args).start(args.resume, args.overwrite), args)
+    match_cfg = read_match_kept(args.match_kept) if args.match_kept else None
+    check_pretrained(args)
+    start = time.time()
+    seed_everything(args.seed)
+    train_set, num_classes, image_size, eval_batches = load_data(args)
+    model = models.build(args.arch, args.width, num_classes)
+    log.say(load_pretrained(model, args.arch, args.pretrained) if args.pretrained else
+            "no --pretrained given: pruning a randomly initialized network (a smoke test only)")
+    model.to(args.device).eval()
+    units = models.prunable_units(args.arch, model, args.units)
+    dense = loss_and_top1(model, eval_batches)
+    require_finite(dense[0], "the dense network's loss on the evaluation subset")
+    log.say(f"dense: loss {dense[0]:.4f}, top-1 {100 * dense[1]:.2f}% on "
+            f"{sum(len(y) for _, y in eval_batches)} training images; {len(units)} units, "
+            f"{sum(u.size for u in units)} channels")
+    drawn = 0
+    if saved is not None:
+        model.load_state_dict(saved.state_dict)
+        drawn = saved.state["batches_drawn"]
+        log.say(f"resuming after {len(saved.state['completed'])} of {len(units)} units")
     loader = data.make_infinite_loader(train_set, args.batch_size, seed=args.seed,
                                        start_batch=drawn, workers=args.workers,
-                                       pin_memory=device.type == "cuda")
-    batches = BatchStream(loader, device, drawn)
-
+                                       pin_memory=args.device.type == "cuda")
     # the stop rules' measurement reuses each unit's block inputs on the subset (fast runs)
-    measure = SubsetMeasure(model, eval_batches,
-                            splitter(arch, model) if args.evaluator == "fast" else None)
+    measure = SubsetMeasure(model, eval_batches, models.splitter(args.arch, model)
+                            if args.evaluator == "fast" else None)
+    return Job(args, world, log, train_set, num_classes, image_size, eval_batches, model, units,
+               Masks(model, units), dense, saved, BatchStream(loader, args.device, drawn),
+               measure, build_stop(args, units, dense[0], measure, match_cfg, world), start)
 
-    if args.match_kept:
-        stop = MatchKept(matched_kept(match_cfg, args.match_kept, units))
-    elif args.stop == "loss_gap":
-        stop = LossGap(args.epsilon, dense_loss, measure)
-    elif args.stop == "top1_tol":
-        stop = Top1Tolerance(args.top1_tol, measure)
+
+# ----------------------------------------------------------------------------------------------
+# Select
+# ----------------------------------------------------------------------------------------------
+
+
+def build_evaluator(job: Job) -> CandidateEvaluator:
+    """--evaluator, shared across the ranks of a torchrun job, with the --shortlist on top."""
+    args, model = job.args, job.model
+    if args.evaluator == "plain":
+        evaluator = PlainEvaluator(model, job.masks)
     else:
-        stop = MaxFraction(args.keep_fraction)
-    if world.distributed and isinstance(stop, (LossGap, Top1Tolerance)):
-        stop = RankZeroStop(stop)  # one verdict for all ranks, whatever their rounding
-    settings = SelectionSettings(args.candidates, args.with_replacement, args.seed)
-    evaluator = build_evaluator(args, model, masks, world)
+        evaluator = FastEvaluator(model, models.splitter(args.arch, model),
+                                  default_samples_per_pass(args.device),
+                                  amp=CANDIDATE_PRECISIONS[args.precision],
+                                  channels_last=args.device.type == "cuda"
+                                  and args.precision == "bf16")
+    if job.world.distributed:
+        evaluator = CandidatePartition(evaluator)
+    if args.shortlist is not None:
+        evaluator = ShortlistEvaluator(evaluator, args.shortlist)
+    if args.method == "backward":
+        require(evaluator, "removal_losses", "--method backward")
+    return evaluator
 
-    from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(str(out / "tb")) if world.is_main else None
-    bars: dict[str, tqdm] = {}
-    pending = [u for u in units if u.name not in completed]
+class SelectionProgress:
+    """The selection's callbacks: a bar per unit, TensorBoard scalars, the measurement after
+    each unit, the optional short fine-tune, and the checkpoint that makes --resume possible."""
 
-    def open_bar(position: int) -> None:
-        """The next unit's bar, opened when its selection starts so that its rate is right."""
-        if writer is not None and not args.no_progress and position < len(pending):
-            unit = pending[position]
-            bars[unit.name] = tqdm(total=unit.size, desc=unit.name, leave=False)
+    def __init__(self, job: Job, completed: dict[str, torch.Tensor], seconds_before: float):
+        self.job = job
+        self.step = sum(int(c.sum()) for c in completed.values())
+        self.seconds_before = seconds_before
+        self.bar = None
+        args = job.args
+        self.steps_between = math.ceil(args.finetune_between * len(job.train_set)
+                                       / args.batch_size)
 
-    global_step = [sum(int(c.sum()) for c in completed.values())]
+    def start_unit(self, unit: Unit) -> None:
+        """The unit's bar, opened when its selection starts so that its rate is right; its
+        total is the unit's target when the stop rule fixes one."""
+        self.bar = self.job.log.bar(unit.name, total=self.job.stop.target(unit))
 
-    def log_step(unit, step, best, batch_loss, eval_loss):
-        global_step[0] += 1
-        if writer is None:
-            return
-        writer.add_scalar("select/batch_loss", batch_loss, global_step[0])
+    def on_step(self, unit: Unit, step: int, best: int, batch_loss: float,
+                eval_loss: float | None) -> None:
+        if self.bar is None:
+            self.start_unit(unit)
+        self.step += 1
+        log, dense_loss = self.job.log, self.job.dense[0]
+        log.scalar("select/batch_loss", batch_loss, self.step)
+        self.bar.update(1)
         if eval_loss is not None:
-            writer.add_scalar("select/eval_loss_gap", eval_loss - dense_loss, global_step[0])
-        bar = bars.get(unit.name)
-        if bar is not None:
-            bar.update(1)
-            if eval_loss is not None:
-                bar.set_postfix(gap=f"{eval_loss - dense_loss:.4f}")
+            log.scalar("select/eval_loss_gap", eval_loss - dense_loss, self.step)
+            self.bar.set_postfix(gap=f"{eval_loss - dense_loss:.4f}")
 
-    steps_between = math.ceil(args.finetune_between * len(train_set) / args.batch_size)
-
-    def after_unit(unit, counts):
-        if unit.name in bars:
-            bars.pop(unit.name).close()
+    def after_unit(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
+        job = self.job
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         kept = int((counts[unit.name] > 0).sum())
-        if writer is not None:
-            writer.add_scalar("select/kept_fraction", kept / unit.size, len(counts))
-        loss, top1 = measure(unit)
-        say(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
-            f"(dense {dense_loss:.4f}), top-1 {100 * top1:.2f}%")
-        if steps_between:
-            short_finetune(model, masks, batches, steps_between, args.finetune_lr,
-                           seed=args.seed * 1_000_003 + len(counts))
-            sync_model(model)  # ranks continue from rank 0's weights, not their own rounding
-            measure.forget()
-            require_finite(measure()[0], f"after the short fine-tune following unit {unit.name}, "
-                           "the loss on the evaluation subset")
-        if world.is_main:
-            save_atomic({"args": selection_args(args), "completed": counts,
-                         "batches_drawn": batches.drawn, "model": model.state_dict(),
-                         "seconds": time.time() - start + previous_seconds},
-                        out / STATE_FILE)
-        open_bar(pending.index(unit) + 1)
+        job.log.scalar("select/kept_fraction", kept / unit.size, len(counts))
+        loss, top1 = job.measure(unit)
+        job.log.say(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
+                    f"(dense {job.dense[0]:.4f}), top-1 {100 * top1:.2f}%")
+        if self.steps_between:
+            short_finetune(job.model, job.masks, job.batches, self.steps_between,
+                           job.args.finetune_lr, seed=unit_seed(job.args.seed, len(counts)))
+            sync_model(job.model)  # ranks continue from rank 0's weights, not their own rounding
+            job.measure.forget()
+            require_finite(job.measure()[0], f"after the short fine-tune following unit "
+                           f"{unit.name}, the loss on the evaluation subset")
+        if job.world.is_main:
+            save(self.checkpoint("selection", job.model.state_dict(), None, selection_args(
+                job.args), {}, {"completed": counts, "batches_drawn": job.batches.drawn,
+                                "seconds": self.seconds()}), Path(job.args.output_dir) / STATE_FILE)
 
+    def seconds(self) -> float:
+        return time.time() - self.job.start + self.seconds_before
+
+    def checkpoint(self, kind: str, state_dict: dict, cfg: dict | None, args: dict,
+                   metrics: dict, state: dict) -> Checkpoint:
+        job = self.job
+        return Checkpoint(kind, job.args.arch, job.args.width, job.num_classes, state_dict,
+                          job.args.units, cfg, args, metrics, state)
+
+
+def select(job: Job, progress: SelectionProgress) -> dict[str, torch.Tensor]:
+    """Per unit, the selection counts of the chosen method (Algorithm 1 for greedy)."""
+    args, units, masks = job.args, job.units, job.masks
     if args.method in FIXED_SIZE_METHODS:
         generator = torch.Generator().manual_seed(args.seed)
-        counts = {u.name: fixed_size_counts(args.method, model, u, stop.target(u), generator)
-                  for u in units}
+        counts = {u.name: fixed_size_counts(args.method, job.model, u, job.stop.target(u),
+                                            generator) for u in units}
         for name, c in counts.items():
             masks.set_counts(name, c)
-    else:
-        search = greedy_forward_selection if args.method == "greedy" else backward_elimination
-        open_bar(0)
-        counts = search(units, masks, evaluator, batches, stop, settings, completed, after_unit,
-                        log_step)
-    if writer is not None:
-        writer.close()
+        return counts
+    search = greedy_forward_selection if args.method == "greedy" else backward_elimination
+    completed = job.saved.state["completed"] if job.saved is not None else {}
+    settings = SelectionSettings(args.candidates, args.with_replacement, args.seed)
+    counts = search(units, masks, build_evaluator(job), job.batches, job.stop, settings,
+                    completed, progress.after_unit, progress.on_step)
+    job.log.close()
+    return counts
 
-    pruned_loss, pruned_top1 = loss_and_top1(model, eval_batches)
-    probe = eval_batches[0][0][:64]  # the float64 reference is slow on a CPU at 224 px
+
+# ----------------------------------------------------------------------------------------------
+# Slim and report
+# ----------------------------------------------------------------------------------------------
+
+
+def slim(job: Job) -> tuple[nn.Module, dict, dict[str, torch.Tensor], dict]:
+    """The slim network, its kept channels, the mixing weights, and its verification: the slim
+    logits against the masked network's and both against a float64 reference."""
+    model, masks = job.model, job.masks
+    probe = job.eval_batches[0][0][:64]  # the float64 reference is slow on a CPU at 224 px
     with torch.no_grad(), exact_float32():
         masked_logits = model(probe)
         reference = float64_logits(model, probe)
     weights = {name: w.detach().clone() for name, w in masks.weights.items()}
     masks.remove()
-    slim, kept = slim_model(model, units, weights)
+    network, kept = slim_model(model, job.units, weights)
     with torch.no_grad(), exact_float32():
-        verification = slim_verification(slim(probe), masked_logits, reference)
-    max_diff, rel_diff = (verification["max_abs_diff_slim_vs_masked"],
-                          verification["max_rel_diff_slim_vs_masked"])
-    slim_loss, slim_top1 = loss_and_top1(slim, eval_batches)
+        verification = slim_verification(network(probe), masked_logits, reference)
+    return network, kept, weights, verification
+
+
+def summarize(job: Job, counts: dict, network: nn.Module, kept: dict, verification: dict,
+              masked: tuple[float, float], seconds: float) -> dict:
+    args, units = job.args, job.units
+    slim_loss, slim_top1 = loss_and_top1(network, job.eval_batches)
     require_finite(slim_loss, "the pruned network's loss on the evaluation subset")
-    dense_macs, dense_params = macs_and_params(models.build(arch, args.width, num_classes),
-                                               image_size)
-    macs, params = macs_and_params(slim, image_size)
-    summary = {
-        "arch": arch, "width": args.width, "units": args.units, "method": args.method,
-        "dataset": args.dataset,
-        "num_classes": num_classes, "image_size": image_size,
+    dense_macs, dense_params = macs_and_params(
+        models.build(args.arch, args.width, job.num_classes), job.image_size)
+    macs, params = macs_and_params(network, job.image_size)
+    return {
+        "arch": args.arch, "width": args.width, "units": args.units, "method": args.method,
+        "dataset": args.dataset, "num_classes": job.num_classes, "image_size": job.image_size,
         "macs": macs, "params": params, "dense_macs": dense_macs, "dense_params": dense_params,
         "kept": {u.name: f"{int((counts[u.name] > 0).sum())}/{u.size}" for u in units},
         "kept_channels": sum(len(v) for v in kept.values()),
         "total_channels": sum(u.size for u in units),
         "selections": sum(int(c.sum()) for c in counts.values()),
-        "loss_dense": dense_loss, "top1_dense": 100 * dense_top1,
+        "loss_dense": job.dense[0], "top1_dense": 100 * job.dense[1],
         "loss_pruned": slim_loss, "top1_pruned": 100 * slim_top1,
-        "loss_pruned_masked": pruned_loss, "top1_pruned_masked": 100 * pruned_top1,
+        "loss_pruned_masked": masked[0], "top1_pruned_masked": 100 * masked[1],
         **verification,
-        "eval_images": len(eval_indices), "batches_drawn": batches.drawn,
-        "seconds": time.time() - start + previous_seconds,
-        "device": str(device), **runtime_record(device, args.precision),
+        "eval_images": sum(len(y) for _, y in job.eval_batches),
+        "batches_drawn": job.batches.drawn, "seconds": seconds,
+        "device": str(args.device), **runtime_record(args.device, args.precision),
         "args": {k: str(v) for k, v in vars(args).items()},
     }
-    if world.is_main:
-        cfg = selection_cfg(units, counts, kept)
-        save_atomic(pruned_checkpoint(arch, args.width, num_classes, args.units, cfg,
-                                      slim.state_dict(), summary["args"], summary),
-                    out / "pruned.pth")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+
+
+def report(job: Job, progress: SelectionProgress, counts: dict) -> dict:
+    """Slim the network, measure it, and write pruned.pth, masked.pth and summary.json."""
+    masked = loss_and_top1(job.model, job.eval_batches)
+    full_width = {k: v.detach().clone() for k, v in job.model.state_dict().items()}
+    network, kept, weights, verification = slim(job)
+    summary = summarize(job, counts, network, kept, verification, masked, progress.seconds())
+    out = Path(job.args.output_dir)
+    if job.world.is_main:
+        cfg = selection_cfg(job.units, counts, kept)
+        save(progress.checkpoint("pruned", network.state_dict(), cfg, summary["args"], summary,
+                                 {}), out / "pruned.pth")
+        save(progress.checkpoint("masked", full_width, cfg, summary["args"], summary,
+                                 {"mixing_weights": {k: v.cpu() for k, v in weights.items()}}),
+             out / "masked.pth")
+        job.log.write_json("summary.json", summary)
         (out / STATE_FILE).unlink(missing_ok=True)
     distributed.barrier()
-    say(f"MACs {macs / 1e6:.1f}M of {dense_macs / 1e6:.1f}M, params {params / 1e6:.2f}M of "
-        f"{dense_params / 1e6:.2f}M; loss {slim_loss:.4f} (dense {dense_loss:.4f}), "
-        f"top-1 {100 * slim_top1:.2f}% (dense {100 * dense_top1:.2f}%); "
-        f"slim vs masked max |diff| {max_diff:.2e} ({rel_diff:.1e} of max |logit|); candidates "
-        f"{args.precision}; wrote {out / 'pruned.pth'}")
+    job.log.say(
+        f"MACs {summary['macs'] / 1e6:.1f}M of {summary['dense_macs'] / 1e6:.1f}M, params "
+        f"{summary['params'] / 1e6:.2f}M of {summary['dense_params'] / 1e6:.2f}M; loss "
+        f"{summary['loss_pruned']:.4f} (dense {job.dense[0]:.4f}), top-1 "
+        f"{summary['top1_pruned']:.2f}% (dense {100 * job.dense[1]:.2f}%); slim vs masked max "
+        f"|diff| {verification['max_abs_diff_slim_vs_masked']:.2e} "
+        f"({verification['max_rel_diff_slim_vs_masked']:.1e} of max |logit|); candidates "
+        f"{job.args.precision}; wrote {out / 'pruned.pth'}")
     return summary
 
 
+def run(arch: str, argv: list[str] | None = None) -> dict:
+    """Setup -> select -> slim -> report; returns the summary (on every rank)."""
+    args = parse(arch, argv)
+    world = distributed.init(args.device.type)
+    job = setup(args, world)
+    previous = job.saved.state["seconds"] if job.saved is not None else 0.0
+    progress = SelectionProgress(job, job.saved.state["completed"] if job.saved else {}, previous)
+    counts = select(job, progress)
+    return report(job, progress, counts)
+
+
 def main(arch: str) -> None:
-    try:
-        run(arch)
-    except Finished as done:
-        say(str(done))
-    except NonFiniteLoss as error:
-        sys.exit(f"error: {error}; the selection stops (the completed units stay in "
-                 f"{STATE_FILE})")
-    except KeyboardInterrupt:
-        sys.exit("interrupted: the completed units are saved; continue with the same command "
-                 "and --resume")
-    except (ValueError, FileNotFoundError, PretrainedDownloadError) as error:
-        sys.exit(f"error: {error}")
-    finally:
-        distributed.cleanup()
+    run_command(lambda: run(arch), bad_input=(PretrainedDownloadError,),
+                on_nonfinite=f"the selection stops (the completed units stay in {STATE_FILE})",
+                on_interrupt="the completed units are saved; continue with the same command "
+                             "and --resume")

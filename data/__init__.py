@@ -19,7 +19,7 @@ anything a tampered file asks for.
 from .build import DATASETS, SPLITS, build_dataset, default_image_size
 from .errors import DataError
 from .folders import verify_images
-from .loaders import make_infinite_loader, make_loader
+from .loaders import make_infinite_loader, make_loader, set_epoch
 from .samplers import InfiniteBatchSampler
 from .subsets import class_balanced_subset, get_targets
 from .synthetic import SyntheticPatterns
@@ -50,5 +50,6 @@ __all__ = [
     "imagenet_transform",
     "make_infinite_loader",
     "make_loader",
+    "set_epoch",
     "verify_images",
 ]

@@ -26,15 +26,17 @@ def make_loader(
     world_size: int = 1,
     drop_last: bool = False,
     pin_memory: bool = False,
+    persistent_workers: bool = True,
 ) -> DataLoader:
-    """An epoch-based loader; call ``loader.sampler.set_epoch(epoch)`` before each epoch.
+    """An epoch-based loader; call ``set_epoch(loader, seed, rank, epoch)`` before each epoch.
 
     The sampler is always a ``DistributedSampler`` (given ``rank`` and ``world_size``
     explicitly, so no process group is needed for ``world_size=1``): one code path for single
     process and DDP, reshuffled per epoch from ``(seed, epoch)``. ``batch_size`` is per rank.
     Note that with ``world_size > 1`` and ``drop_last=False`` the sampler pads the last shard
     with repeated samples, so an evaluation over all ranks counts a few images twice; exact
-    evaluation should run on one rank or account for ``len(dataset)``.
+    evaluation should run on one rank or account for ``len(dataset)``. A run that must resume
+    exactly passes ``persistent_workers=False``, so that ``set_epoch`` re-seeds the workers.
     """
     _check_loader_args(batch_size, workers)
     sampler = DistributedSampler(
@@ -46,11 +48,19 @@ def make_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        persistent_workers=workers > 0,
+        persistent_workers=persistent_workers and workers > 0,
         pin_memory=pin_memory,
         drop_last=drop_last,
         generator=_worker_generator(seed, rank),
     )
+
+
+def set_epoch(loader: DataLoader, seed: int, rank: int, epoch: int) -> None:
+    """Fix epoch ``epoch``'s shuffle and its workers' random augmentation from the seed alone, so
+    that a resumed run draws what the uninterrupted run drew (workers started afresh each epoch
+    take their seeds from the loader's generator)."""
+    loader.sampler.set_epoch(epoch)
+    loader.generator.manual_seed(mix_seed(seed, _WORKER_STREAM, rank, epoch))
 
 
 def make_infinite_loader(

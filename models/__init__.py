@@ -1,47 +1,89 @@
 """Architecture knowledge: which networks exist, how to build them, and their prunable units.
 
-Everything the pruning engine needs to know about an architecture goes through ``build`` and
-``prunable_units``; the engine itself (``pruning/``) never names a layer.
+The families register themselves in ``models.registry`` (one module each: ``mobilenet_v2``,
+``resnet34``); everything here looks them up by name, so no other code compares architecture
+names. The engine (``pruning/``) never names a layer: it gets units and splits from here.
+Your own network joins by registering an ``Architecture`` (README, "Prune your own model").
 """
+
+from collections.abc import Callable
 
 from torch import nn
 
-from models import mobilenetv2, resnet
-from pruning.units import Unit
+from models import mobilenet_v2, resnet34  # noqa: F401  (they register themselves)
+from models.registry import Architecture, get, names, register
+from pruning.checkpoint import Checkpoint, read, rebuild
+from pruning.units import Unit, UnitSplit
 
-ARCHS = ("mobilenet_v2", "resnet34")
-DEFAULT_UNITS = {"mobilenet_v2": "hidden", "resnet34": "inner"}
-UNIT_KINDS = {"mobilenet_v2": mobilenetv2.UNIT_KINDS, "resnet34": resnet.UNIT_KINDS}
-
-
-def _check_arch(arch: str) -> None:
-    if arch not in ARCHS:
-        raise ValueError(f"unknown architecture {arch!r}; expected one of {ARCHS}")
+__all__ = ["Architecture", "build", "get", "load_model", "load_pruned", "names",
+           "prunable_units", "register", "splitter"]
 
 
 def build(arch: str, width: float = 1.0, num_classes: int = 1000) -> nn.Module:
-    """A full-width torchvision model with random initialization."""
-    _check_arch(arch)
-    if arch == "mobilenet_v2":
-        return mobilenetv2.build(width, num_classes)
-    if width != 1.0:
-        raise ValueError(f"--width: ResNet34 has no width multiplier, got {width}")
-    return resnet.build(num_classes)
+    """A full-width network of the family ``arch`` with random initialization."""
+    family = get(arch)
+    family.check_width(width)
+    return family.build(width, num_classes)
 
 
 def prunable_units(arch: str, model: nn.Module, kind: str | None = None) -> list[Unit]:
-    """The architecture's units of the given kind (its default kind when None)."""
-    _check_arch(arch)
-    kind = kind or DEFAULT_UNITS[arch]
-    module = mobilenetv2 if arch == "mobilenet_v2" else resnet
-    return module.units(model, kind)
+    """The family's units of the given kind (its default kind when None)."""
+    family = get(arch)
+    kind = kind or family.default_units
+    if kind not in family.unit_kinds:
+        raise ValueError(f"--units: {family.title} unit kind must be one of "
+                         f"{family.unit_kinds}, got {kind!r}")
+    return family.units(model, kind)
 
 
-def load_pruned(path: str) -> tuple[nn.Module, dict]:
-    """The slim model saved by a prune script, rebuilt from its cfg, and the checkpoint dict."""
-    from pruning.checkpoint import load, rebuild
+def splitter(arch: str, model: nn.Module) -> Callable[[Unit], UnitSplit]:
+    """unit -> its ``UnitSplit`` for ``model`` (for the fast evaluators), built once per unit."""
+    family = get(arch)
+    if family.split is None:
+        raise ValueError(f"{family.title} declares no fast-evaluator split: use --evaluator plain")
+    cache: dict[str, UnitSplit] = {}
 
-    ckpt = load(path)
-    if ckpt.get("arch") not in ARCHS:
-        raise ValueError(f"--pruned {path}: not a pruned checkpoint of {ARCHS}")
-    return rebuild(ckpt, build, prunable_units), ckpt
+    def split(unit: Unit) -> UnitSplit:
+        if unit.name not in cache:
+            cache[unit.name] = family.split(model, unit)
+        return cache[unit.name]
+
+    return split
+
+
+def load_model(ckpt: Checkpoint, slim: bool = True) -> nn.Module:
+    """The network of any checkpoint kind, rebuilt from its constructor arguments and cfg.
+
+    A masked checkpoint (full width, mixing weights on hooks) comes back as the slim network
+    (the mixing weights folded in: the same function), or with ``slim=False`` at full width with
+    its masks installed (``model.masks``, a ``pruning.masks.Masks``).
+    """
+    from pruning.masks import Masks
+    from pruning.slim import slim_model
+
+    def full() -> nn.Module:
+        return build(ckpt.arch, ckpt.width, ckpt.num_classes)
+
+    def units(model: nn.Module) -> list[Unit]:
+        return prunable_units(ckpt.arch, model, ckpt.unit_kind)
+
+    model = rebuild(ckpt, full, units)
+    if ckpt.kind != "masked":
+        return model
+    weights = ckpt.state["mixing_weights"]
+    if slim:
+        return slim_model(model, units(model), weights)[0]
+    masks = Masks(model, units(model))
+    for name, w in weights.items():
+        masks.set_weights(name, w)
+    model.masks = masks
+    return model
+
+
+def load_pruned(path: str) -> tuple[nn.Module, Checkpoint]:
+    """The slim network saved by a prune script (``pruned.pth`` or ``masked.pth``), or a
+    fine-tuned one (``last.pth`` of a pruned run), and its checkpoint."""
+    ckpt = read(path, "--pruned", ("pruned", "masked", "training"))
+    if ckpt.cfg is None:
+        raise ValueError(f"--pruned {path}: holds a dense {ckpt.arch}, not a pruned network")
+    return load_model(ckpt), ckpt

@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from pruning.evaluators import CandidateEvaluator
+from pruning.evaluators import CandidateEvaluator, require
 from pruning.masks import Masks
 from pruning.metrics import Batch
-from pruning.selection import SelectionSettings, StepLog, layer_by_layer
+from pruning.selection import SelectionSettings, StepLog, layer_by_layer, unit_seed
 from pruning.stop import StopRule, require_finite
 from pruning.units import Unit
 
@@ -81,11 +81,12 @@ def eliminate_unit(
     With a quality rule (loss gap, top-1 tolerance) channels are removed while the rule still
     holds after the removal; the first removal that breaks it is undone.
     """
-    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + unit_index)
+    require(evaluator, "removal_losses", "greedy backward elimination (--method backward)")
+    generator = torch.Generator().manual_seed(unit_seed(settings.seed, unit_index))
     counts = torch.ones(unit.size, dtype=torch.long)
     masks.set_counts(unit.name, counts)
     stop.start(unit)
-    target = stop.target(unit) if hasattr(stop, "target") else None
+    target = stop.target(unit)
     for step in range(unit.size - 1):
         if target is not None and int((counts > 0).sum()) <= target:
             break
@@ -119,6 +120,10 @@ def backward_elimination(
     after_unit: Callable[[Unit, dict[str, torch.Tensor]], None] | None = None,
     log_step: StepLog | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Backward elimination over all units, input to output (see ``layer_by_layer``)."""
+    """Backward elimination over all units, input to output (see ``layer_by_layer``).
+
+    ``evaluator`` must have ``removal_losses`` (checked here, before any work).
+    """
+    require(evaluator, "removal_losses", "greedy backward elimination (--method backward)")
     return layer_by_layer(eliminate_unit, units, masks, evaluator, batches, stop, settings,
                           completed, after_unit, log_step)

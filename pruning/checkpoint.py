@@ -1,10 +1,25 @@
-"""Checkpoints: plain data written atomically, never pickled modules.
+"""One checkpoint schema for every file the scripts write: plain data, written atomically.
 
-A pruned checkpoint holds what is needed to rebuild the slim network without the code that
-pruned it: the architecture name and width, the unit kind, the *cfg* (per channel space, the
-kept channel indices of the full-width network; per unit, the selection counts), and the slim
-state_dict. ``rebuild`` builds the full-width model, slices it to the cfg's shapes and loads the
-weights, so a checkpoint of another architecture fails loudly on shapes instead of silently.
+A ``Checkpoint`` is what nanoGPT's checkpoints are: the constructor arguments of the network
+(architecture name, width, classes, and for a pruned network the *cfg* of its kept channels) and
+its state_dict, so the network is rebuilt from the file without the code that made it, and a file
+of another architecture fails loudly on shapes rather than silently. Its ``kind`` says what the
+weights are and what else the file carries:
+
+* ``pruned``: the slim network a prune run ends with (``pruned.pth``);
+* ``masked``: the same network at full width, the dense weights plus every unit's mixing weights
+  (``state["mixing_weights"]``), as the released code saved it (``masked.pth``); its eval outputs
+  equal the slim network's, and the fine-tune scripts accept it as ``--pruned``;
+* ``training``: a dense or pruned network during training (``last.pth``, ``best.pth``), with the
+  optimizer, scheduler, scaler, epoch counters and generator states in ``state``;
+* ``selection``: a prune run in progress (``selection_state.pth``): the model after the completed
+  units and, in ``state``, their counts and the number of mini-batches drawn.
+
+``cfg`` is, per channel space, the kept channel indices of the full-width network, and per unit
+its selection as ``{channel: count}`` (``selection_cfg``). ``args`` are the arguments of the run
+that wrote the file, ``metrics`` its last measurements. Files are read with
+``weights_only=True`` (nothing in them can run code); the two formats written before this schema
+(``pruned-v1``, ``train-v1``, and the untagged selection state) are still read.
 
 Writes go to a temporary file in the same folder followed by ``os.replace``, so a crash leaves
 either the old file or the new one, never half of one.
@@ -12,6 +27,7 @@ either the old file or the new one, never half of one.
 
 import os
 from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +37,106 @@ from torch import nn
 from pruning.slim import slice_to_cfg
 from pruning.units import Unit
 
-FORMAT = "greedy-forward-selection/pruned-v1"
+FORMAT = "greedy-forward-selection/checkpoint-v2"
+KINDS = ("pruned", "masked", "training", "selection")
+_LEGACY_PRUNED = "greedy-forward-selection/pruned-v1"
+_LEGACY_TRAIN = "greedy-forward-selection/train-v1"
+#: The entries of a legacy training checkpoint that now live in ``Checkpoint.state``.
+_TRAINING_STATE = ("optimizer", "scheduler", "scaler", "epoch", "best_top1", "best_epoch",
+                   "seconds", "rng")
+
+
+class CheckpointError(ValueError):
+    """A file that is missing, unreadable, or not a checkpoint of the expected kind; ``detail``
+    says why in a few words."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail or message
+
+
+@dataclass
+class Checkpoint:
+    """The one schema (see the module docstring for what each kind carries)."""
+
+    kind: str
+    arch: str
+    width: float
+    num_classes: int
+    state_dict: dict[str, torch.Tensor]
+    unit_kind: str | None = None
+    cfg: dict | None = None
+    args: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"checkpoint kind must be one of {KINDS}, got {self.kind!r}")
+
+    @property
+    def slim(self) -> bool:
+        """Whether ``state_dict`` holds the slim network (sliced to ``cfg``)."""
+        return self.cfg is not None and self.kind != "masked"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, obj: Any) -> "Checkpoint":
+        """Read the current format and the formats written before it."""
+        if not isinstance(obj, dict):
+            raise CheckpointError(f"not a checkpoint of this repository ({type(obj).__name__})")
+        tag = obj.get("format")
+        if tag == FORMAT:
+            return cls(**{k: v for k, v in obj.items() if k != "format"})
+        if tag in (_LEGACY_PRUNED, _LEGACY_TRAIN):
+            training = "optimizer" in obj
+            return cls(
+                kind="training" if training else "pruned", arch=obj["arch"],
+                width=obj["width"], num_classes=obj["num_classes"],
+                state_dict=obj["state_dict"] if "state_dict" in obj else obj["model"],
+                unit_kind=obj.get("unit_kind"), cfg=obj.get("cfg"), args=obj.get("args", {}),
+                metrics=obj.get("metrics", {}),
+                state={k: obj[k] for k in _TRAINING_STATE if k in obj} if training else {},
+            )
+        if tag is None and {"args", "completed", "batches_drawn", "model"} <= set(obj):
+            args = obj["args"]  # the untagged selection state of the first prune scripts
+            return cls(kind="selection", arch=args.get("arch", ""), width=args.get("width", 1.0),
+                       num_classes=0, state_dict=obj["model"], unit_kind=args.get("units"),
+                       args=args, state={k: obj[k] for k in ("completed", "batches_drawn",
+                                                             "seconds")})
+        raise CheckpointError(f"not a checkpoint of this repository (format {tag!r})")
+
+
+def save(ckpt: Checkpoint, path: str | os.PathLike) -> None:
+    """The one writer: ``ckpt`` as plain data, atomically."""
+    save_atomic(ckpt.to_dict(), path)
+
+
+def read(path: str | os.PathLike, flag: str, kinds: tuple[str, ...] = KINDS) -> Checkpoint:
+    """The one reader: the checkpoint at ``path`` if it is one of ``kinds``.
+
+    Every failure is a ``CheckpointError`` naming ``flag`` (the argument that gave the path) and
+    what was expected, never a traceback from the unpickler.
+    """
+    try:
+        obj = load(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{flag} {path}: no such file") from None
+    except Exception as error:  # pickle/zip errors share no base class
+        detail = load_error(error)
+        raise CheckpointError(f"{flag} {path}: not a checkpoint ({detail})", detail) from None
+    try:
+        ckpt = Checkpoint.from_dict(obj)
+    except (KeyError, TypeError) as error:
+        raise CheckpointError(f"{flag} {path}: a damaged checkpoint ({error!r})") from None
+    except CheckpointError as error:
+        raise CheckpointError(f"{flag} {path}: {error}") from None
+    if ckpt.kind not in kinds:
+        raise CheckpointError(f"{flag} {path}: holds a {ckpt.kind} checkpoint of {ckpt.arch}; "
+                              f"expected {' or '.join(kinds)}")
+    return ckpt
 
 
 def save_atomic(obj: Any, path: str | os.PathLike) -> None:
@@ -45,7 +160,7 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Load a checkpoint of plain data (tensors, numbers, strings, lists, dicts) on the CPU."""
+    """A file of plain data (tensors, numbers, strings, lists, dicts), loaded on the CPU."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -78,27 +193,24 @@ def selection_cfg(
     return {"spaces": {name: list(idx) for name, idx in kept.items()}, "units": per_unit}
 
 
-def pruned_checkpoint(
-    arch: str, width: float, num_classes: int, unit_kind: str, cfg: dict,
-    state_dict: dict[str, torch.Tensor], args: dict, metrics: dict,
-) -> dict:
-    return {
-        "format": FORMAT, "arch": arch, "width": width, "num_classes": num_classes,
-        "unit_kind": unit_kind, "cfg": cfg, "state_dict": state_dict,
-        "args": args, "metrics": metrics,
-    }
+def unit_counts(cfg: dict, unit: Unit) -> torch.Tensor:
+    """A unit's selection counts (length N) from the cfg: the inverse of ``selection_cfg``."""
+    counts = torch.zeros(unit.size, dtype=torch.long)
+    for channel, count in cfg["units"][unit.name]["counts"].items():
+        counts[int(channel)] = count
+    return counts
 
 
-def rebuild(
-    ckpt: dict,
-    build: Callable[[str, float, int], nn.Module],
-    units_of: Callable[[str, nn.Module, str], list[Unit]],
-) -> nn.Module:
-    """The slim model of a pruned checkpoint, rebuilt from its cfg, with its weights loaded."""
-    if ckpt.get("format") != FORMAT:
-        raise ValueError(
-            f"not a pruned checkpoint of this repository (format {ckpt.get('format')})")
-    model = build(ckpt["arch"], ckpt["width"], ckpt["num_classes"])
-    slice_to_cfg(model, units_of(ckpt["arch"], model, ckpt["unit_kind"]), ckpt["cfg"]["spaces"])
-    model.load_state_dict(ckpt["state_dict"])
+def rebuild(ckpt: Checkpoint, build: Callable[[], nn.Module],
+            units: Callable[[nn.Module], list[Unit]]) -> nn.Module:
+    """The network of ``ckpt`` with its weights: ``build`` makes the full-width network and
+    ``units`` its units; a slim checkpoint is sliced to its cfg before the weights are loaded.
+
+    A masked checkpoint comes back at full width without its masks: ``models.load_model``
+    installs them (or folds them into the slim network).
+    """
+    model = build()
+    if ckpt.slim:
+        slice_to_cfg(model, units(model), ckpt.cfg["spaces"])
+    model.load_state_dict(ckpt.state_dict)
     return model

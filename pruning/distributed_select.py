@@ -19,8 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pruning.evaluators import PlainEvaluator
-from pruning.fast_evaluators import FastEvaluator
+from pruning.evaluators import CandidateEvaluator, supports
 from pruning.metrics import Batch
 from pruning.stop import StopRule
 from pruning.units import Unit
@@ -41,18 +40,24 @@ def _from_rank0(values: torch.Tensor) -> torch.Tensor:
 class CandidatePartition:
     """Each rank evaluates its share of the candidates; every rank gets all the losses.
 
-    Needs an initialized default process group and the same ``batch`` on every rank.
+    Needs an initialized default process group and the same ``batch`` on every rank. Has
+    ``removal_losses`` and ``linear_scores`` exactly when ``inner`` has them
+    (``pruning.evaluators.supports``).
     """
 
-    def __init__(self, inner: FastEvaluator | PlainEvaluator):
+    def __init__(self, inner: CandidateEvaluator):
         self.inner = inner
+        if supports(inner, "removal_losses"):
+            self.removal_losses = self._removal_losses
+        if supports(inner, "linear_scores"):
+            self.linear_scores = self._linear_scores
 
     def losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
                batch: Batch) -> torch.Tensor:
         return self._partitioned(self.inner.losses, unit, counts, candidates, batch)
 
-    def removal_losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
-                       batch: Batch) -> torch.Tensor:
+    def _removal_losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
+                        batch: Batch) -> torch.Tensor:
         """The same partition for greedy backward elimination."""
         return self._partitioned(self.inner.removal_losses, unit, counts, candidates, batch)
 
@@ -70,8 +75,8 @@ class CandidatePartition:
         dist.all_gather(gathered, local.to(device))
         return torch.cat(gathered).cpu()[:len(candidates)]
 
-    def linear_scores(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
-                      batch: Batch) -> torch.Tensor:
+    def _linear_scores(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
+                       batch: Batch) -> torch.Tensor:
         """Rank 0's scores on every rank: one backward pass, not worth splitting."""
         return _from_rank0(self.inner.linear_scores(unit, counts, candidates, batch))
 
@@ -99,6 +104,10 @@ class RankZeroStop(StopRule):
 
     def start(self, unit: Unit) -> None:
         self.inner.start(unit)
+
+    def target(self, unit: Unit) -> int | None:
+        """The inner rule's size: data-free, so the same on every rank."""
+        return self.inner.target(unit)
 
     def done(self, unit: Unit, counts: torch.Tensor) -> bool:
         finished = self.inner.done(unit, counts)

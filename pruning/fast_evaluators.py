@@ -21,12 +21,13 @@ network once per candidate. Three observations make most of that work redundant:
    (the ``tail``) runs once per chunk, optionally under bf16 autocast and channels_last (GPU).
 
 Where to cut the network is architecture knowledge: it comes in as a ``UnitSplit`` per unit
-(built by ``models.suffix``), so this module stays model-agnostic. ``FastEvaluator`` also gives
-the first-order (Frank-Wolfe) score of every candidate from one backward pass, which
-``pruning.shortlist`` uses to evaluate only the most promising candidates exactly.
+(declared by each family in ``models/``; the contract is in ``pruning.units``), so this module
+stays model-agnostic. ``FastEvaluator`` also gives the first-order (Frank-Wolfe) score of every
+candidate from one backward pass, which ``pruning.shortlist`` uses to evaluate only the most
+promising candidates exactly.
 """
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -37,30 +38,11 @@ from torch import nn
 from pruning.masks import Masks, mixing_weights
 from pruning.metrics import Batch
 from pruning.precision import exact
-from pruning.units import Unit
+from pruning.units import Splitter, Unit, UnitSplit
 
 Tensor = torch.Tensor
 
 
-@dataclass(frozen=True)
-class UnitSplit:
-    """The network cut at one unit (see ``models.suffix`` for the contract of each part).
-
-    ``prefix(x) -> z``: the block's input. ``hidden(z) -> (h, skip)``: the unit's N channels
-    before mixing and what the rest of the block needs besides them. ``consumer``: the conv that
-    mixes h (its own mask hook is bypassed: it is applied functionally), or None when the mixture
-    is the block's output itself. ``tail(skip, out) -> logits`` for ``out`` holding any number of
-    B-sample copies stacked along the batch. ``rest(z) -> logits``: the plain network from z.
-    """
-
-    prefix: Callable[[Tensor], Tensor]
-    hidden: Callable[[Tensor], tuple[Tensor, Tensor]]
-    consumer: nn.Conv2d | None
-    tail: Callable[[Tensor, Tensor], Tensor]
-    rest: Callable[[Tensor], Tensor]
-
-
-Splitter = Callable[[Unit], UnitSplit]
 
 
 def stacked_losses(logits: Tensor, y: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
-"""gRDA: generalized regularized dual averaging (Chao et al., 2020, "Directional pruning").
+"""gRDA: generalized regularized dual averaging (Chao et al., 2020, "Directional Pruning of Deep
+Neural Networks", NeurIPS).
 
-The optimizer (the paper's gRDA equation; notes: papers/chao2020_directional_pruning_grda.md)::
+The optimizer (the paper's gRDA equation)::
 
     w_{n+1} = S_{g(n, lr)}( w_0 - lr * sum_{k=0}^{n} grad f(w_k; Z_{k+1}) ),
     g(n, lr) = c * lr^{1/2} * (n * lr)^mu,

@@ -47,6 +47,15 @@ class SelectionSettings:
                 f"--candidates must be >= 1 (or omitted for all), got {self.candidates}")
 
 
+def unit_seed(seed: int, unit_index: int) -> int:
+    """The generator seed of the unit at position ``unit_index`` (its random candidate subsets).
+
+    ``seed * 1_000_003 + unit_index``: saved runs and tests depend on these exact draws, so the
+    formula must not change (it is not ``data.seeding.mix_seed``).
+    """
+    return seed * 1_000_003 + unit_index
+
+
 class BatchStream:
     """Mini-batches from one persistent loader, moved to ``device`` and counted.
 
@@ -79,7 +88,7 @@ def select_unit(
     log_step: StepLog | None = None,
 ) -> torch.Tensor:
     """Greedy selection for one unit; returns the selection counts (length N, sum |S|)."""
-    generator = torch.Generator().manual_seed(settings.seed * 1_000_003 + unit_index)
+    generator = torch.Generator().manual_seed(unit_seed(settings.seed, unit_index))
     counts = torch.zeros(unit.size, dtype=torch.long)
     masks.set_counts(unit.name, counts)
     stop.start(unit)

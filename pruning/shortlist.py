@@ -6,27 +6,18 @@ uses only l(u_k) <= l(u'_k): the chosen channel must be at least as good as the 
 vertex. Any rule that evaluates the Frank-Wolfe vertex exactly and picks the best of what it
 evaluated keeps that inequality, hence the bound (12).
 
-So each step ranks all candidates by their linear score (one backward pass,
-``FastEvaluator.linear_scores``), evaluates exactly only the first K of that ranking -- the
-Frank-Wolfe vertex is always first -- and reports +inf for the others, so the selector's argmin
-is the exact best of the shortlist. With K >= the number of candidates no score is computed and
-the step is plain exact greedy.
+So each step ranks all candidates by their linear score (one backward pass, the evaluator's
+``linear_scores``; see ``pruning.evaluators``), evaluates exactly only the first K of that
+ranking -- the Frank-Wolfe vertex is always first -- and reports +inf for the others, so the
+selector's argmin is the exact best of the shortlist. With K >= the number of candidates no
+score is computed and the step is plain exact greedy.
 """
-
-from typing import Protocol
 
 import torch
 
+from pruning.evaluators import CandidateEvaluator, require
 from pruning.metrics import Batch
 from pruning.units import Unit
-
-
-class ScoringEvaluator(Protocol):
-    def losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
-               batch: Batch) -> torch.Tensor: ...
-
-    def linear_scores(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
-                      batch: Batch) -> torch.Tensor: ...
 
 
 def shortlist(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -39,11 +30,18 @@ def shortlist(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class ShortlistEvaluator:
-    """Exact losses for the top-K of the linear ranking, +inf for every other candidate."""
+    """Exact losses for the top-K of the linear ranking, +inf for every other candidate.
 
-    def __init__(self, inner: ScoringEvaluator, k: int):
+    ``inner`` must have ``linear_scores`` (checked here, before any work). The shortlist has
+    ``linear_scores`` too (``inner``'s, unchanged) but not ``removal_losses``: it shortlists
+    forward steps only, and passing exact removal losses through would let backward elimination
+    run silently without it.
+    """
+
+    def __init__(self, inner: CandidateEvaluator, k: int):
         if k < 1:
             raise ValueError(f"--shortlist must be >= 1, got {k}")
+        require(inner, "linear_scores", "--shortlist (the first-order ranking)")
         self.inner, self.k = inner, k
 
     def losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
@@ -55,3 +53,8 @@ class ShortlistEvaluator:
         result = torch.full((len(candidates),), float("inf"), dtype=torch.float64)
         result[positions] = self.inner.losses(unit, counts, candidates[positions], batch)
         return result
+
+    def linear_scores(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
+                      batch: Batch) -> torch.Tensor:
+        """``inner``'s linear scores: the ranking the shortlist is cut from."""
+        return self.inner.linear_scores(unit, counts, candidates, batch)

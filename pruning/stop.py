@@ -45,13 +45,23 @@ def require_finite(loss: float, what: str) -> float:
 
 
 class StopRule:
-    """Interface: ``start`` is called before a unit's first step, ``done`` after every step."""
+    """Interface: ``start`` is called before a unit's first step, ``done`` after every step.
+
+    ``last_loss`` is the loss the last ``done`` measured (None if it measures nothing).
+    """
 
     def start(self, unit: Unit) -> None:
         pass
 
     def done(self, unit: Unit, counts: torch.Tensor) -> bool:
         raise NotImplementedError
+
+    def target(self, unit: Unit) -> int | None:
+        """The number of distinct channels the unit is to keep, or None: no fixed size, the
+        size is decided by the measurement (``done``). Fixed-size rules (``MaxFraction``,
+        ``MatchKept``) override it; backward elimination and the fixed-size baselines
+        (``pruning.baselines``) use it."""
+        return None
 
     last_loss: float | None = None
 

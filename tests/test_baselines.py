@@ -3,18 +3,21 @@ random and magnitude selection at equal size on a trained network."""
 
 import copy
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import data
 from pruning.baselines import backward_elimination, fixed_size_counts, magnitude_scores
-from pruning.evaluators import PlainEvaluator
+from pruning.distributed_select import CandidatePartition, RankZeroStop
+from pruning.evaluators import CAPABILITIES, CandidateEvaluator, PlainEvaluator, require, supports
+from pruning.fast_evaluators import FastEvaluator
 from pruning.masks import Masks, mixing_weights
-from pruning.measure import SubsetMeasure
-from pruning.metrics import loss_and_top1
-from pruning.selection import SelectionSettings, greedy_forward_selection
-from pruning.stop import LossGap, MatchKept, MaxFraction
+from pruning.metrics import SubsetMeasure, loss_and_top1
+from pruning.selection import SelectionSettings, greedy_forward_selection, unit_seed
+from pruning.shortlist import ShortlistEvaluator
+from pruning.stop import LossGap, MatchKept, MaxFraction, StopRule
 from pruning.units import ChannelSpace, Unit
 from tests.test_engine import Recorder, brute_force_loss, tiny_net, tiny_units
 
@@ -57,6 +60,82 @@ def test_backward_elimination_with_a_loss_gap_stops_before_the_gap_is_exceeded()
                          SelectionSettings())
     assert measure()[0] - dense < 0.02  # the removal that broke the rule was undone
     assert any(int((w == 0).sum()) > 0 for w in masks.weights.values())
+
+
+class LossesOnly:
+    """An evaluator with only the required ``losses`` (a user's own, say)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def losses(self, unit, counts, candidates, batch):
+        return self.inner.losses(unit, counts, candidates, batch)
+
+
+class Declared(CandidateEvaluator):
+    """Subclasses the protocol explicitly: its optional stubs are not capabilities."""
+
+    def losses(self, unit, counts, candidates, batch):
+        return torch.zeros(len(candidates), dtype=torch.float64)
+
+
+def test_wrappers_claim_exactly_the_capabilities_of_what_they_wrap():
+    net, units = tiny_net(), tiny_units()
+    masks = Masks(net, units)
+    plain, bare = PlainEvaluator(net, masks), LossesOnly(PlainEvaluator(net, masks))
+    fast = FastEvaluator(net, splits=None)  # never called here: no split needed
+    have = {name: {c for c in CAPABILITIES if supports(e, c)}
+            for name, e in (("plain", plain), ("bare", bare), ("fast", fast),
+                            ("declared", Declared()))}
+    assert have == {"plain": {"removal_losses"}, "bare": set(),
+                    "fast": {"removal_losses", "linear_scores"}, "declared": set()}
+    for inner in (plain, bare, fast):  # building a partition needs no process group
+        wrapper = CandidatePartition(inner)
+        for capability in CAPABILITIES:
+            assert supports(wrapper, capability) == supports(inner, capability)
+            assert hasattr(wrapper, capability) == supports(inner, capability)
+    # the shortlist ranks forward steps only: never removal_losses, whatever it wraps
+    short = ShortlistEvaluator(CandidatePartition(fast), 2)
+    assert supports(short, "linear_scores") and not supports(short, "removal_losses")
+    with pytest.raises(ValueError, match="unknown evaluator capability 'gradient'"):
+        supports(plain, "gradient")
+
+
+def test_a_missing_capability_fails_up_front_naming_what_needs_it():
+    net, units = tiny_net(), tiny_units()
+    masks = Masks(net, units)
+    plain = PlainEvaluator(net, masks)
+    batches = Recorder(seed=3)
+    message = ("--method backward.* needs an evaluator with removal_losses; LossesOnly does not "
+               "have it \\(PlainEvaluator and FastEvaluator have it\\)")
+    for evaluator in (LossesOnly(plain), CandidatePartition(LossesOnly(plain))):
+        with pytest.raises(ValueError, match=message.replace("LossesOnly", ".*")):
+            backward_elimination(units, masks, evaluator, batches, MaxFraction(0.5),
+                                 SelectionSettings())
+    assert batches.seen == []  # not one batch drawn, no mask touched
+    assert all(bool((w == 1).all()) for w in masks.weights.values())
+    with pytest.raises(ValueError, match=message):
+        require(LossesOnly(plain), "removal_losses", "greedy backward elimination "
+                "(--method backward)")
+    with pytest.raises(ValueError, match="--shortlist.*linear_scores; PlainEvaluator .*"
+                                         "FastEvaluator has it"):
+        ShortlistEvaluator(plain, 4)
+    with pytest.raises(ValueError, match="--shortlist.*linear_scores; CandidatePartition"):
+        ShortlistEvaluator(CandidatePartition(plain), 4)
+    short = ShortlistEvaluator(FastEvaluator(net, splits=None), 2)
+    with pytest.raises(ValueError, match="removal_losses; ShortlistEvaluator"):
+        backward_elimination(units, masks, short, batches, MaxFraction(0.5), SelectionSettings())
+
+
+def test_stop_rule_targets_and_the_unit_seed():
+    unit = tiny_units()[0]  # 8 channels
+    assert StopRule().target(unit) is None
+    assert LossGap(0.1, 1.0, measure=None).target(unit) is None  # decided by the measurement
+    assert MaxFraction(0.3).target(unit) == 3
+    assert MatchKept({"u1": 5}).target(unit) == 5
+    assert RankZeroStop(MaxFraction(0.3)).target(unit) == 3  # no process group needed
+    assert RankZeroStop(LossGap(0.1, 1.0, measure=None)).target(unit) is None
+    assert [unit_seed(seed, i) for seed, i in ((0, 0), (0, 3), (2, 1))] == [0, 3, 2_000_007]
 
 
 def test_fixed_size_selections():

@@ -6,6 +6,7 @@ CPU; ``test_evaluate_stays_on_the_device_and_reads_the_host_once`` fails on that
 """
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,14 +16,14 @@ from torch.utils.data import DataLoader, TensorDataset
 import finetune_cli
 import models
 import prune_cli
-from models.suffix import splitter
+from models import splitter
 from pruning.baselines import backward_elimination
-from pruning.distributed import World
+from pruning.runlog import RunLog
 from pruning.evaluators import PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator, PrefixCachedEvaluator
 from pruning.grda import gRDA, grda_param_groups
 from pruning.masks import Masks
-from pruning.measure import SubsetMeasure
+from pruning.metrics import SubsetMeasure
 from pruning.selection import SelectionSettings, greedy_forward_selection
 from pruning.shortlist import ShortlistEvaluator
 from pruning.stop import LossGap, MaxFraction
@@ -88,7 +89,7 @@ def test_a_training_epoch_stays_on_the_device_and_reads_the_host_once(batches):
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     with DeviceAudit() as audit:
         finetune_cli.train_one_epoch(model, loader(4 * batches), optimizer, scheduler, scaler,
-                                     args, 0, 1, World(), None)
+                                     args, 0, 1, RunLog(Path("unused"), is_main=False))
     assert audit.reads == ["item"]  # the epoch's loss sum
 
 
@@ -113,7 +114,7 @@ def evaluators(arch: str, model, masks) -> dict:
             "shortlist": ShortlistEvaluator(fast, 2)}
 
 
-@pytest.mark.parametrize("arch", models.ARCHS)
+@pytest.mark.parametrize("arch", models.names())
 def test_each_evaluator_reads_the_host_once_per_call_whatever_the_candidates(arch):
     model = meta_model(arch)
     units = models.prunable_units(arch, model)

@@ -9,7 +9,7 @@ from torch import nn
 
 from pruning.evaluators import PlainEvaluator
 from pruning.masks import Masks, mixing_weights
-from pruning.measure import SubsetMeasure
+from pruning.metrics import SubsetMeasure
 from pruning.selection import SelectionSettings, greedy_forward_selection, select_unit
 from pruning.slim import slim_model
 from pruning.stop import LossGap, MaxFraction, Top1Tolerance

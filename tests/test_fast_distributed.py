@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 from test_fast_evaluators import Batches, make_model, select_some
 
 import models
-from models.suffix import splitter
+from models import splitter
 from pruning.distributed_select import CandidatePartition, RankZeroStop
 from pruning.fast_evaluators import FastEvaluator
 from pruning.masks import Masks

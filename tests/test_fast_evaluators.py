@@ -11,12 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import models
-from models.suffix import splitter
+from models import splitter
 from pruning.evaluators import PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator, PrefixCachedEvaluator
 from pruning.masks import Masks, mixing_weights
-from pruning.measure import SubsetMeasure
-from pruning.metrics import loss_and_top1
+from pruning.metrics import SubsetMeasure, loss_and_top1
 from pruning.selection import SelectionSettings, greedy_forward_selection
 from pruning.shortlist import ShortlistEvaluator, shortlist
 from pruning.stop import MaxFraction

@@ -25,7 +25,8 @@ import data
 import finetune_cli as ft
 import models
 from models.weights import load_pretrained
-from pruning.checkpoint import FORMAT, load, pruned_checkpoint, save_atomic, selection_cfg
+from pruning.checkpoint import Checkpoint, load, save, save_atomic, selection_cfg
+from pruning.arguments import plain
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
 from pruning.slim import slim_model
@@ -81,8 +82,8 @@ def pruned(tmp_path_factory) -> tuple[Path, int]:
     macs, _ = macs_and_params(slim, 32)
     path = tmp_path_factory.mktemp("prune") / "pruned.pth"
     cfg = selection_cfg(units, counts, kept)
-    save_atomic(pruned_checkpoint(ARCH, 0.5, 10, "hidden", cfg, slim.state_dict(), {},
-                                  {"macs": macs}), path)
+    save(Checkpoint("pruned", ARCH, 0.5, 10, slim.state_dict(), "hidden", cfg,
+                    metrics={"macs": macs}), path)
     return path, macs
 
 
@@ -125,7 +126,7 @@ def test_finetuning_lowers_the_loss_and_keeps_the_pruned_architecture(pruned, tm
     after = _train_loss(tuned)
     assert before > 4 and after < before - 0.5, (before, after)
 
-    assert ckpt["format"] == FORMAT and ckpt["epoch"] == 4 and ckpt["cfg"] is not None
+    assert ckpt.kind == "training" and ckpt.state["epoch"] == 4 and ckpt.cfg is not None
     assert macs_and_params(tuned, 32)[0] == macs == summary["macs"]
     assert summary["macs"] < summary["dense_macs"]
     for key in ("arch", "macs", "params", "top1", "top5", "num_classes", "epochs", "seconds"):
@@ -136,7 +137,7 @@ def test_finetuning_lowers_the_loss_and_keeps_the_pruned_architecture(pruned, tm
     lines = _lines(out / "metrics.jsonl")
     assert [m["epoch"] for m in lines] == [1, 2, 3, 4] and all(m["lr"] == 0.003 for m in lines)
     best = max(lines, key=lambda m: m["top1"])  # the first epoch reaching the best top-1
-    assert load(out / "best.pth")["epoch"] == best["epoch"] == summary["best_epoch"]
+    assert load(out / "best.pth")["state"]["epoch"] == best["epoch"] == summary["best_epoch"]
     assert sorted(p.name for p in out.glob("epoch_*.pth")) == ["epoch_002.pth", "epoch_004.pth"]
     assert list((out / "tb").iterdir())
 
@@ -152,21 +153,21 @@ def test_from_scratch_reinitializes_every_weight_with_the_scratch_b_budget(prune
     path, macs = pruned
     setup = ft.prepare(ARCH, ["--pruned", str(path), "--from-scratch", "--epochs", "3",
                               "--output-dir", str(tmp_path), *COMMON])
-    fresh = setup["model"].state_dict()
+    fresh = setup.model.state_dict()
     saved = load(path)["state_dict"]
     assert fresh.keys() == saved.keys()
     for key, value in _float_tensors(saved).items():
         assert fresh[key].shape == value.shape, key
         assert not torch.equal(fresh[key], value), f"{key} kept its pruned value"
-    for m in setup["model"].modules():
+    for m in setup.model.modules():
         if isinstance(m, nn.BatchNorm2d):
             assert torch.equal(m.weight, torch.ones_like(m.weight))
             assert torch.equal(m.running_var, torch.ones_like(m.running_var))
         if isinstance(m, nn.Conv2d) and m.weight.numel() >= 4096:
             fan_out = m.out_channels * m.kernel_size[0] * m.kernel_size[1] // m.groups
             assert m.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.2)
-    assert setup["macs"] == macs
-    assert setup["epochs"] == math.ceil(3 * min(setup["dense_macs"] / macs, 2.0) - 1e-9)
+    assert setup.macs == macs
+    assert setup.epochs == math.ceil(3 * min(setup.dense_macs / macs, 2.0) - 1e-9)
 
 
 def test_scratch_b_epochs():
@@ -228,12 +229,13 @@ def test_resumed_run_equals_uninterrupted_run(workers, tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         ft.run(ARCH, [*args, "--output-dir", str(tmp_path / "b")])
     monkeypatch.setattr(ft, "train_one_epoch", original)
-    assert load(tmp_path / "b" / "last.pth")["epoch"] == 1
+    assert load(tmp_path / "b" / "last.pth")["state"]["epoch"] == 1
     resumed = ft.run(ARCH, [*args, "--output-dir", str(tmp_path / "b"), "--resume"])
 
     a, b = load(tmp_path / "a" / "last.pth"), load(tmp_path / "b" / "last.pth")
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    a, b = a["state"], b["state"]
     for p, state in a["optimizer"]["state"].items():
         assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][p]["momentum_buffer"])
     assert a["scheduler"] == b["scheduler"]
@@ -254,12 +256,12 @@ def test_dense_checkpoint_is_accepted_by_load_pretrained(tmp_path):
     description = load_pretrained(model, ARCH, out / "best.pth")
     assert "state_dict" in description
     for key, value in model.state_dict().items():
-        assert torch.equal(value, ckpt["model"][key]), key
+        assert torch.equal(value, ckpt["state_dict"][key]), key
     # and as --pretrained of the training scripts themselves (continued training)
     setup = ft.prepare(ARCH, ["--pretrained", str(out / "best.pth"), "--width", "0.5",
                               "--output-dir", str(tmp_path / "more"), *COMMON])
-    for key, value in setup["model"].state_dict().items():
-        assert torch.equal(value, ckpt["model"][key]), key
+    for key, value in setup.model.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][key]), key
 
 
 def test_grda_reports_unstructured_sparsity(tmp_path):
@@ -270,7 +272,7 @@ def test_grda_reports_unstructured_sparsity(tmp_path):
     assert 0 < report["total"]["sparsity"] <= 1
     assert "features.1.conv.1.weight" in report["layers"]
     ckpt = load(tmp_path / "last.pth")
-    zeros = sum(int((ckpt["model"][k] == 0).sum()) for k in report["layers"])
+    zeros = sum(int((ckpt["state_dict"][k] == 0).sum()) for k in report["layers"])
     assert zeros == report["total"]["zeros"]
     assert json.loads((tmp_path / "summary.json").read_text())["sparsity"] == report
 
@@ -279,7 +281,7 @@ def test_train_subset_is_class_balanced_and_reproducible(tmp_path):
     def subset(seed: str) -> list[int]:
         setup = ft.prepare(ARCH, ["--train-subset", "40", "--seed", seed, "--width", "0.5",
                                   "--output-dir", str(tmp_path), *COMMON])
-        return list(setup["train_set"].indices)
+        return list(setup.train_set.indices)
 
     first = subset("0")
     assert first == subset("0") and first != subset("1") and len(first) == 40
@@ -288,7 +290,8 @@ def test_train_subset_is_class_balanced_and_reproducible(tmp_path):
 
 
 def _other_arch_checkpoint(path: Path) -> Path:
-    save_atomic({"format": FORMAT, "arch": "resnet34", "width": 1.0, "num_classes": 10}, path)
+    save(Checkpoint("pruned", "resnet34", 1.0, 10, {}, "inner", {"spaces": {}, "units": {}}),
+         path)
     return path
 
 
@@ -311,24 +314,22 @@ def _other_arch_checkpoint(path: Path) -> Path:
 def test_bad_input_fails_before_training(argv, env, message, pruned, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    save_atomic({"arch": ARCH, "args": ft.saved_args(_resolved(["--width", "0.5"]))},
-                run_dir / "last.pth")
+    save(Checkpoint("training", ARCH, 0.5, 10, {}, args=plain(_resolved(["--width", "0.5"]))),
+         run_dir / "last.pth")
     dense = tmp_path / "dense.pth"
-    save_atomic({"format": ft.TRAIN_FORMAT, "arch": ARCH,
-                 "state_dict": models.build(ARCH, 0.5, 10).state_dict()}, dense)
+    save(Checkpoint("training", ARCH, 0.5, 10, models.build(ARCH, 0.5, 10).state_dict()), dense)
     names = {"other": _other_arch_checkpoint(tmp_path / "other.pth"), "pruned": pruned[0],
              "dense": dense, "run": run_dir, "tmp": tmp_path}
     argv = [a.format(**names) for a in argv]
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setattr(ft, "_train", lambda *a: pytest.fail("training started"))
+    monkeypatch.setattr(ft, "train", lambda *a: pytest.fail("training started"))
     with pytest.raises(ft.UsageError, match=re.escape(message)):
         ft.run(ARCH, [*COMMON, "--output-dir", str(tmp_path / "out"), *argv])
 
 
 def _resolved(argv: list[str]):
     args = ft.build_parser(ARCH).parse_args([*COMMON, *argv])
-    args.arch = ARCH
     ft.check_args(args, ft.distributed.World())
     return args
 
@@ -381,12 +382,12 @@ def test_two_gloo_processes_stay_identical(tmp_path):
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), key
     saved = load(out / "last.pth")
-    for key, value in saved["model"].items():
+    for key, value in saved["state_dict"].items():
         assert torch.equal(value, rank0["state"][key]), key
     assert rank0["summary"]["world_size"] == 2 and rank0["summary"]["top1"] == rank1["summary"][
         "top1"]
-    assert len(saved["rng"]) == 2 and not torch.equal(saved["rng"][0]["torch"],
-                                                      saved["rng"][1]["torch"])
+    rng = saved["state"]["rng"]
+    assert len(rng) == 2 and not torch.equal(rng[0]["torch"], rng[1]["torch"])
     assert result.stdout.count("epoch 2/2:") == 1  # only rank 0 logs
     assert len(_lines(out / "metrics.jsonl")) == 2
 

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 import models
-from pruning.checkpoint import load, pruned_checkpoint, rebuild, save_atomic, selection_cfg
+from pruning.checkpoint import Checkpoint, read, save, selection_cfg
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
 from pruning.slim import slim_model
@@ -69,12 +69,23 @@ def test_slim_model_matches_masked_model(arch, width, kind, tmp_path):
 
     # round trip through a checkpoint: rebuilt from the cfg, never a pickled module
     cfg = selection_cfg(units, counts, kept)
-    ckpt = pruned_checkpoint(arch, width, 10, kind, cfg, slim.state_dict(), {}, {})
-    save_atomic(ckpt, tmp_path / "pruned.pth")
-    rebuilt = rebuild(load(tmp_path / "pruned.pth"), models.build, models.prunable_units).eval()
+    save(Checkpoint("pruned", arch, width, 10, slim.state_dict(), kind, cfg), tmp_path / "p.pth")
+    rebuilt = models.load_model(read(tmp_path / "p.pth", "--pruned")).eval()
     with torch.no_grad():
         assert torch.equal(rebuilt(x), out)
     assert macs_and_params(rebuilt, 32) == macs_and_params(slim, 32)
+
+    # the masked checkpoint: full-width weights and mixing weights, loadable on its own
+    masked_ckpt = Checkpoint("masked", arch, width, 10, model.state_dict(), kind, cfg,
+                             state={"mixing_weights": weights})
+    save(masked_ckpt, tmp_path / "masked.pth")
+    loaded = read(tmp_path / "masked.pth", "--pruned")
+    full = models.load_model(loaded, slim=False).eval()
+    assert sum(p.numel() for p in full.parameters()) == sum(p.numel() for p in model.parameters())
+    folded = models.load_model(loaded).eval()
+    with torch.no_grad():
+        assert (full(x) - out).abs().max() <= 1e-4 * out.abs().max()
+        assert torch.equal(folded(x), out)
 
 
 def test_block_output_units_remove_stream_channels_physically():
@@ -123,8 +134,8 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     weights = {u.name: torch.ones(u.size) for u in units}
     slim, kept = slim_model(model, units, weights)
     counts = {u.name: torch.ones(u.size, dtype=torch.long) for u in units}
-    ckpt = pruned_checkpoint("mobilenet_v2", 0.5, 10, "hidden", selection_cfg(units, counts, kept),
-                             slim.state_dict(), {}, {})
-    ckpt["width"] = 1.0  # claims another width than its weights have
+    ckpt = Checkpoint("pruned", "mobilenet_v2", 0.5, 10, slim.state_dict(), "hidden",
+                      selection_cfg(units, counts, kept))
+    ckpt.width = 1.0  # claims another width than its weights have
     with pytest.raises(RuntimeError, match="size mismatch"):
-        rebuild(ckpt, models.build, models.prunable_units)
+        models.load_model(ckpt)

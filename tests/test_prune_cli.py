@@ -41,7 +41,7 @@ def test_mobile2_prune_script_writes_a_slim_checkpoint_and_summary(tmp_path):
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert not (out / prune_cli.STATE_FILE).exists()
     model, ckpt = models.load_pruned(out / "pruned.pth")
-    assert ckpt["metrics"]["macs"] == summary["macs"]
+    assert ckpt.metrics["macs"] == summary["macs"]
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
@@ -63,7 +63,7 @@ def test_resume_after_an_interruption_ends_with_the_same_selection(tmp_path, mon
              "--finetune-between", "0.1")
     prune_cli.run("mobilenet_v2", tiny(tmp_path / "straight", *extra))
 
-    real_save = prune_cli.save_atomic
+    real_save = prune_cli.save
     saves = []
 
     def crash_after_five_units(obj, path):
@@ -72,12 +72,12 @@ def test_resume_after_an_interruption_ends_with_the_same_selection(tmp_path, mon
         if len(saves) == 5:
             raise Interrupt  # as if killed right after the fifth unit's checkpoint
 
-    monkeypatch.setattr(prune_cli, "save_atomic", crash_after_five_units)
+    monkeypatch.setattr(prune_cli, "save", crash_after_five_units)
     with pytest.raises(Interrupt):
         prune_cli.run("mobilenet_v2", tiny(tmp_path / "resumed", *extra))
-    monkeypatch.setattr(prune_cli, "save_atomic", real_save)
+    monkeypatch.setattr(prune_cli, "save", real_save)
     state = load(tmp_path / "resumed" / prune_cli.STATE_FILE)
-    assert len(state["completed"]) == 5
+    assert len(state["state"]["completed"]) == 5
 
     with pytest.raises(ValueError, match="--resume"):  # refuses to silently start over
         prune_cli.run("mobilenet_v2", tiny(tmp_path / "resumed", *extra))
@@ -165,7 +165,7 @@ def test_a_killed_process_resumes_to_the_uninterrupted_selection(tmp_path):
         if line.startswith("features.3.hidden: kept"):
             state = tmp_path / "killed" / prune_cli.STATE_FILE
             deadline = time.time() + 60
-            while not state.exists() or len(load(state)["completed"]) < 3:
+            while not state.exists() or len(load(state)["state"]["completed"]) < 3:
                 assert time.time() < deadline
                 time.sleep(0.05)
             process.send_signal(signal.SIGKILL)

@@ -1,9 +1,9 @@
 """Prune your own model: declare its units, run greedy forward selection from Python, slim it.
 
 The README's "Prune your own model" section is this test: a small VGG-style CNN that is not one of
-the repository's architectures, three units declared by module name, Algorithm 1 with the paper's
-loss-gap rule, and the slim network checked against the masked one. No command-line script is
-involved.
+the repository's architectures, registered with its three units declared by module name,
+Algorithm 1 with the paper's loss-gap rule, the slim network checked against the masked one, and
+the pruned checkpoint reloaded through the registry. No command-line script is involved.
 """
 
 import torch
@@ -11,10 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 
 import data
+import models
+from pruning.checkpoint import Checkpoint, save, selection_cfg
 from pruning.evaluators import PlainEvaluator
 from pruning.masks import Masks
-from pruning.measure import SubsetMeasure
-from pruning.metrics import loss_and_top1
+from pruning.metrics import SubsetMeasure, loss_and_top1
 from pruning.selection import SelectionSettings, greedy_forward_selection
 from pruning.slim import slim_model
 from pruning.stop import LossGap
@@ -48,6 +49,11 @@ def small_vgg_units() -> list[Unit]:
             for name, size, conv, bn, reader in layers]
 
 
+SMALL_VGG = models.register(models.Architecture(
+    name="small_vgg", title="SmallVGG", build=lambda width, num_classes: SmallVGG(num_classes),
+    units=lambda model, kind: small_vgg_units(), unit_kinds=("conv",)))
+
+
 def trained_model() -> tuple[nn.Module, list, torch.Generator]:
     torch.manual_seed(0)
     train = data.SyntheticPatterns(512, 10, 16, "train", seed=0, augment=False)
@@ -66,9 +72,9 @@ def trained_model() -> tuple[nn.Module, list, torch.Generator]:
     return model, batches, generator
 
 
-def test_prune_custom_model():
+def test_prune_custom_model(tmp_path):
     model, eval_batches, generator = trained_model()
-    units = small_vgg_units()
+    units = models.prunable_units("small_vgg", model)
     check_units(model, units)
     masks = Masks(model, units)
     dense_loss, dense_top1 = loss_and_top1(model, eval_batches)
@@ -97,3 +103,11 @@ def test_prune_custom_model():
     assert slim.features[0].out_channels == len(kept["conv1"]) == int((counts["conv1"] > 0).sum())
     with torch.no_grad():
         assert torch.allclose(slim(probe), masked, rtol=1e-4, atol=1e-5)
+
+    # saved as the prune scripts save it, rebuilt from the registry (no pickled module)
+    cfg = selection_cfg(units, counts, kept)
+    save(Checkpoint("pruned", "small_vgg", 1.0, 10, slim.state_dict(), "conv", cfg),
+         tmp_path / "pruned.pth")
+    reloaded, ckpt = models.load_pruned(tmp_path / "pruned.pth")
+    with torch.no_grad():
+        assert torch.equal(reloaded.eval()(probe), slim(probe))

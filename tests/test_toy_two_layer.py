@@ -1,6 +1,6 @@
-"""Tests of toy_two_layer.py: the vectorized selection against brute force, the distributed
-selection (Wolfe et al., Algorithm 3) against the central one with real gloo processes, the
-Lemma 1 bound, and the issue's thresholds on the rates of a `--quick` run."""
+"""Tests of toy_two_layer.py and pruning.two_layer: the vectorized selection against brute
+force, the distributed selection (Wolfe et al., Algorithm 3) against the central one with real
+gloo processes, the Lemma 1 bound, and the issue's thresholds on the rates of a `--quick` run."""
 
 import json
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import toy_two_layer as toy
+from pruning.two_layer import distributed, experiments, theory
 
 F64 = torch.float64
 
@@ -27,9 +28,10 @@ def small_problem(N: int = 40, m: int = 7, d: int = 5, seed: int = 0):
     """A random two-layer network and regression data, in float64 so that the brute-force
     evaluation below and the vectorized scores agree to rounding."""
     gen = torch.Generator().manual_seed(seed)
-    X = toy.sphere(m, d, gen).to(F64)
-    A, b = (t.to(F64) for t in toy.init_neurons(N, d, 2.0, gen))
-    y = toy.teacher_targets(X, tuple(t.to(F64) for t in toy.init_neurons(3, d, 2.0, gen)))
+    X = theory.sphere(m, d, gen).to(F64)
+    A, b = (t.to(F64) for t in theory.init_neurons(N, d, 2.0, gen))
+    teacher = tuple(t.to(F64) for t in theory.init_neurons(3, d, 2.0, gen))
+    y = theory.teacher_targets(X, teacher)
     return A, b, X, y
 
 
@@ -43,18 +45,18 @@ def subnetwork_loss(A, b, X, y, multiset) -> float:
 
 def test_greedy_scores_equal_brute_force_losses():
     A, b, X, y = small_problem()
-    Phi = toy.neuron_outputs(A, b, X)
+    Phi = theory.neuron_outputs(A, b, X)
     S = [3, 17, 3, 29]  # a multiset: repeated neurons are allowed
     z = Phi[S].sum(0)
-    scores = toy.greedy_scores(z, len(S) + 1, Phi, y)
+    scores = theory.greedy_scores(z, len(S) + 1, Phi, y)
     brute = [subnetwork_loss(A, b, X, y, S + [i]) for i in range(A.shape[0])]
     np.testing.assert_allclose(scores.numpy(), brute, rtol=1e-11, atol=0)
 
 
 def test_greedy_forward_selection_equals_brute_force():
     A, b, X, y = small_problem(seed=1)
-    Phi = toy.neuron_outputs(A, b, X)
-    selected, losses = toy.greedy_forward_selection(Phi, y, 25)
+    Phi = theory.neuron_outputs(A, b, X)
+    selected, losses = theory.two_layer_greedy_selection(Phi, y, 25)
     S, brute_losses = [], []
     for _ in range(25):
         candidates = [subnetwork_loss(A, b, X, y, S + [i]) for i in range(A.shape[0])]
@@ -67,7 +69,7 @@ def test_greedy_forward_selection_equals_brute_force():
 
 def test_backward_elimination_equals_brute_force():
     A, b, X, y = small_problem(N=14, seed=2)
-    losses = toy.backward_elimination(toy.neuron_outputs(A, b, X), y)
+    losses = theory.two_layer_backward_elimination(theory.neuron_outputs(A, b, X), y)
     alive = list(range(14))
     brute = {14: subnetwork_loss(A, b, X, y, alive)}
     while len(alive) > 1:
@@ -79,51 +81,52 @@ def test_backward_elimination_equals_brute_force():
 
 def test_random_subsets_follow_the_monte_carlo_formula():
     A, b, X, y = small_problem(N=60, seed=3)
-    Phi = toy.neuron_outputs(A, b, X)
+    Phi = theory.neuron_outputs(A, b, X)
     n = 5
     dense = Phi.mean(0)
-    expected = float(toy.loss(dense, y)) + float(((Phi - dense) ** 2).sum(1).mean()) / (
+    expected = float(theory.loss(dense, y)) + float(((Phi - dense) ** 2).sum(1).mean()) / (
         2 * y.numel() * n
     )
-    measured = toy.random_subset_losses(Phi, y, [n], 20_000, torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(0)
+    measured = theory.random_subset_losses(Phi, y, [n], 20_000, gen)
     assert measured[0] == pytest.approx(expected, rel=0.03)
 
 
 def test_batched_mean_field_training_equals_separate_runs_and_autograd():
     A, b, X, y = small_problem(N=8, seed=4)
     lr, steps = 0.3, 5
-    A_both, b_both, _ = toy.train_mean_field(A, b, X, y, steps, lr, sizes=[3, 5])
+    A_both, b_both, _ = theory.train_mean_field(A, b, X, y, steps, lr, sizes=[3, 5])
     for rows in (slice(0, 3), slice(3, 8)):
-        A_one, b_one, _ = toy.train_mean_field(A[rows], b[rows], X, y, steps, lr)
+        A_one, b_one, _ = theory.train_mean_field(A[rows], b[rows], X, y, steps, lr)
         torch.testing.assert_close(A_both[rows], A_one, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(b_both[rows], b_one, rtol=1e-12, atol=1e-12)
     # one step is plain gradient descent with the step size scaled by the width (mean field)
     A_req, b_req = A.clone().requires_grad_(), b.clone().requires_grad_()
     out = (b_req * torch.tanh(X @ A_req.T)).mean(1)
     (0.5 * ((out - y) ** 2).mean()).backward()
-    A_step, b_step, _ = toy.train_mean_field(A, b, X, y, 1, lr)
+    A_step, b_step, _ = theory.train_mean_field(A, b, X, y, 1, lr)
     torch.testing.assert_close(A_step, A - lr * 8 * A_req.grad, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(b_step, b - lr * 8 * b_req.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_distributed_selection_gives_the_central_iterates():
     A, b, X, y = small_problem(N=301, m=9, seed=5)
-    Phi = toy.neuron_outputs(A, b, X)
-    first = int(torch.argmin(toy.greedy_scores(torch.zeros_like(y), 1, Phi, y)))
+    Phi = theory.neuron_outputs(A, b, X)
+    first = int(torch.argmin(theory.greedy_scores(torch.zeros_like(y), 1, Phi, y)))
     # an exact duplicate of the first pick in another worker's block: a tie that the central
     # argmin breaks towards the smaller index, which the distributed version must reproduce
     duplicate = 300 if first < 200 else 0
     Phi[duplicate] = Phi[first]
-    central = toy.greedy_forward_selection(Phi, y, 60)
+    central = theory.two_layer_greedy_selection(Phi, y, 60)
     for workers in (2, 3):
-        selected, losses = toy.run_distributed_greedy(Phi, y, 60, workers)
+        selected, losses = distributed.run_distributed_greedy(Phi, y, 60, workers)
         assert selected == central[0]
         assert np.array_equal(losses, central[1])
     assert min(first, duplicate) in central[0] and max(first, duplicate) not in central[0]
 
 
 def test_partition_covers_all_neurons_disjointly():
-    blocks = toy.partition(301, 3)
+    blocks = distributed.partition(301, 3)
     assert blocks[0][0] == 0 and blocks[-1][1] == 301
     assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
 
@@ -131,32 +134,33 @@ def test_partition_covers_all_neurons_disjointly():
 def test_polytope_diameter_is_the_largest_vertex_distance():
     for seed, N in ((0, 50), (1, 3000)):
         A, b, X, y = small_problem(N=N, m=12, seed=seed)
-        Phi = toy.neuron_outputs(A, b, X)
+        Phi = theory.neuron_outputs(A, b, X)
         brute = float((Phi[:, None, :] - Phi[None, :, :]).norm(dim=2).max()) if N <= 50 else (
             max(float(torch.cdist(Phi[i : i + 500], Phi,
                                   compute_mode="donot_use_mm_for_euclid_dist").max())
                 for i in range(0, N, 500)))
-        assert toy.polytope_diameter(Phi) == pytest.approx(brute, rel=1e-12)
+        assert theory.polytope_diameter(Phi) == pytest.approx(brute, rel=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_lemma1_bound_holds_at_every_step(seed):
     A, b, X, y = small_problem(N=200, m=10, seed=seed)
-    A, b, _ = toy.train_mean_field(A, b, X, y, 100, 0.5)
-    Phi = toy.neuron_outputs(A, b, X)
-    _, losses = toy.greedy_forward_selection(Phi, y, 300)
+    A, b, _ = theory.train_mean_field(A, b, X, y, 100, 0.5)
+    Phi = theory.neuron_outputs(A, b, X)
+    _, losses = theory.two_layer_greedy_selection(Phi, y, 300)
     D = float(torch.cdist(Phi, Phi, compute_mode="donot_use_mm_for_euclid_dist").max())
     k = np.arange(1, 301)
-    bound = toy.lemma1_bound(k, losses[0], D, float(toy.loss(Phi.mean(0), y)), y.numel())
+    dense = float(theory.loss(Phi.mean(0), y))
+    bound = theory.lemma1_bound(k, losses[0], D, dense, y.numel())
     assert np.all(losses <= bound)
     # the three terms of eq. (12): at k = 1 the bound is L[f_S1] + D^2 / (2m)
     assert bound[0] == pytest.approx(losses[0] + D**2 / (2 * y.numel()))
 
 
 def test_fit_slope_recovers_a_power_law():
-    ns = toy.log_grid(32, 256, 4)
+    ns = experiments.log_grid(32, 256, 4)
     assert ns[0] == 32 and ns[-1] == 256 and len(ns) == 13
-    slope, intercept = toy.fit_slope(ns, 3.0 * np.asarray(ns, dtype=float) ** -2)
+    slope, intercept = experiments.fit_slope(ns, 3.0 * np.asarray(ns, dtype=float) ** -2)
     assert slope == pytest.approx(-2.0) and intercept == pytest.approx(np.log(3.0))
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 import torchvision_compat  # noqa: F401
 import torchvision
+from models import mobilenet_v2
 from models import weights as W
 
 INPUT = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
@@ -165,7 +166,7 @@ def test_dli14_checkpoint_maps_onto_torchvision(tmp_path: Path, width: float) ->
 
 
 def test_dli14_mapping_is_a_bijection_onto_torchvision_keys() -> None:
-    mapped = W.map_dli14_mobilenet_v2(DLi14MobileNetV2().state_dict())
+    mapped = mobilenet_v2.map_dli14(DLi14MobileNetV2().state_dict())
     assert set(mapped) == set(_mobilenet().state_dict())
 
 
