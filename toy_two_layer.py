@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from pruning.two_layer.experiments import Settings, quick_settings, run
+from pruning.two_layer.experiments import run
+from pruning.two_layer.settings import Settings, quick_settings
 
 
 def _positive_int(name: str) -> Callable[[str], int]:

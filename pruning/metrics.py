@@ -24,17 +24,13 @@ Whoever changes weights between units (the optional short fine-tune) must call
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pruning.precision import exact
-from pruning.units import Unit
-
-if TYPE_CHECKING:  # fast_evaluators imports Batch from here
-    from pruning.fast_evaluators import Splitter
+from pruning.units import Splitter, Unit
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 

@@ -21,8 +21,10 @@ The modules, each for one reason to change:
   about, vectorized over the neuron output matrix Phi so that they run in seconds.
 * `distributed`: Algorithm 3 of Wolfe et al. with real gloo processes; apart because only it
   needs torch.distributed and forked workers.
-* `experiments`: the settings, the rate experiment over seeds, the pre-training sweep, the slope
-  fits and `run`, which writes the figures and `toy_rates.json`: what is measured, and how.
+* `settings`: what an experiment depends on (`Settings`, `quick_settings`), read by both of the
+  next two.
+* `experiments`: the rate experiment over seeds, the pre-training sweep, the slope fits and
+  `run`, which writes the figures and `toy_rates.json`: what is measured, and how.
 * `plots`: the matplotlib figures; apart so that the measurements can change without touching
   the drawing, and the reverse.
 

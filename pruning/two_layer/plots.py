@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from matplotlib.figure import Figure
 
-if TYPE_CHECKING:
-    from pruning.two_layer.experiments import Settings
+from pruning.two_layer.settings import Settings
 
 STYLE = {
     "greedy": ("tab:red", "greedy forward selection"),
