@@ -49,6 +49,10 @@ if str(ROOT) not in sys.path:
 import torchvision_compat  # noqa: E402, F401
 import torch  # noqa: E402
 
+import models  # noqa: E402
+from launch import prune_script, train_script  # noqa: E402
+from pruning.checkpoint import Checkpoint, read  # noqa: E402
+
 #: Slim vs masked logits: within SLIM_RTOL of the largest logit, or (networks whose activations
 #: dwarf their logits) no further from the masked network in float64 than ROUNDING_FACTOR times
 #: the masked network's own float32 error (``pruning.slim.slim_verification``).
@@ -118,8 +122,7 @@ class Context:
 
     def prune_argv(self, arch: str, out: str, *extra: str) -> list[str]:
         s = self.sizes
-        width = ["--width", "0.5"] if arch == "mobilenet_v2" else []
-        return [*self.data(train=False), *width, "--pretrained", str(self.dense(arch)),
+        return [*self.data(train=False), *half_width(arch), "--pretrained", str(self.dense(arch)),
                 "--batch-size", str(s.batch), "--eval-images", str(s.eval_images),
                 "--eval-batch-size", str(s.eval_images), *s.prune, *extra,
                 "--output-dir", str(self.workdir / out)]
@@ -174,16 +177,19 @@ def runtime_recorded(summary: dict, device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# The scripts
+# The scripts (``launch.prune_script`` / ``train_script``: named by the registry)
 # ----------------------------------------------------------------------------------------------
 
-SCRIPTS = {"mobilenet_v2": ("mobile2_prune.py", "mobile2_finetune.py"),
-           "resnet34": ("resnet34_prune.py", "resnet34_finetune.py")}
+
+def half_width(arch: str) -> list[str]:
+    """``--width 0.5`` (the checks' small network) for a family with a width multiplier."""
+    return ["--width", "0.5"] if models.get(arch).has_width else []
 
 
 def prune(arch: str, out: str, *extra: str) -> Callable[[Context], str]:
     def run(ctx: Context) -> str:
-        ctx.script(SCRIPTS[arch][0], ctx.prune_argv(arch, out, *extra), ctx.workdir / f"{out}.log")
+        ctx.script(prune_script(arch), ctx.prune_argv(arch, out, *extra),
+                   ctx.workdir / f"{out}.log")
         return pruned_ok(ctx, out)
 
     return run
@@ -210,7 +216,7 @@ def pruned_ok(ctx: Context, out: str) -> str:
 
 def train(arch: str, out: str, *extra: str) -> Callable[[Context], str]:
     def run(ctx: Context) -> str:
-        ctx.script(SCRIPTS[arch][1], ctx.train_argv(out, *extra), ctx.workdir / f"{out}.log")
+        ctx.script(train_script(arch), ctx.train_argv(out, *extra), ctx.workdir / f"{out}.log")
         return trained_ok(ctx, out)
 
     return run
@@ -231,9 +237,9 @@ def trained_ok(ctx: Context, out: str) -> str:
 
 def dense(arch: str, *extra: str) -> Callable[[Context], str]:
     def run(ctx: Context) -> str:
-        width = ["--width", "0.5"] if arch == "mobilenet_v2" else []
-        return train(arch, f"dense-{arch}", *width, "--epochs", str(ctx.sizes.dense_epochs),
-                     "--lr", "0.05", "--lr-schedule", "cosine", *extra)(ctx)
+        return train(arch, f"dense-{arch}", *half_width(arch),
+                     "--epochs", str(ctx.sizes.dense_epochs), "--lr", "0.05",
+                     "--lr-schedule", "cosine", *extra)(ctx)
 
     return run
 
@@ -247,7 +253,7 @@ def finetune_pruned(arch: str, source: str, out: str, *extra: str) -> Callable[[
 
 
 def evaluate_only(ctx: Context) -> str:
-    return train("mobilenet_v2", "evaluate-only", "--width", "0.5", "--pretrained",
+    return train("mobilenet_v2", "evaluate-only", *half_width("mobilenet_v2"), "--pretrained",
                  str(ctx.dense("mobilenet_v2")), "--evaluate-only")(ctx)
 
 
@@ -267,32 +273,30 @@ def kill_when(process: subprocess.Popen, ready: Callable[[], bool], timeout: flo
         raise CheckFailed(f"ended with exit {process.returncode} before the SIGKILL")
 
 
-def loadable(path: Path) -> dict | None:
+def loadable(path: Path) -> Checkpoint | None:
     """The checkpoint at ``path``, or None while it does not exist yet (written atomically)."""
-    from pruning.checkpoint import load
-
-    return load(path) if path.exists() else None
+    return read(path, "gpu_check") if path.exists() else None
 
 
 def prune_resume(ctx: Context) -> str:
     """A prune run SIGKILLed after its second unit, resumed, equals an uninterrupted run."""
-    from pruning.checkpoint import load
     from prune_cli import STATE_FILE
 
+    script = prune_script("mobilenet_v2")
     extra = ("--stop", "fraction", "--keep-fraction", ctx.sizes.keep)
     straight = prune("mobilenet_v2", "resume-prune-straight", *extra)(ctx)
     argv = ctx.prune_argv("mobilenet_v2", "resume-prune-killed", *extra)
     state = ctx.workdir / "resume-prune-killed" / STATE_FILE
     log = ctx.workdir / "resume-prune-killed.log"
-    kill_when(ctx.popen("mobile2_prune.py", argv, log),
-              lambda: (s := loadable(state)) is not None and len(s["completed"]) >= 2,
+    kill_when(ctx.popen(script, argv, log),
+              lambda: (s := loadable(state)) is not None and len(s.state["completed"]) >= 2,
               ctx.sizes.timeout)
     if (state.parent / "pruned.pth").exists():
         raise CheckFailed("the killed run wrote pruned.pth")
-    ctx.script("mobile2_prune.py", [*argv, "--resume"], ctx.workdir / "resume-prune-again.log")
-    a = load(ctx.workdir / "resume-prune-straight" / "pruned.pth")
-    b = load(state.parent / "pruned.pth")
-    if a["cfg"] != b["cfg"]:
+    ctx.script(script, [*argv, "--resume"], ctx.workdir / "resume-prune-again.log")
+    a = read(ctx.workdir / "resume-prune-straight" / "pruned.pth", "gpu_check", ("pruned",))
+    b = read(state.parent / "pruned.pth", "gpu_check", ("pruned",))
+    if a.cfg != b.cfg:
         raise CheckFailed("the resumed run selected other channels than the uninterrupted one")
     pruned_ok(ctx, "resume-prune-killed")
     return f"killed after 2 of 17 units, resumed: the same selection; straight run: {straight}"
@@ -302,18 +306,20 @@ def finetune_resume(ctx: Context) -> str:
     """A fine-tune SIGKILLed after its first epoch, resumed, equals an uninterrupted run as
     closely as two uninterrupted runs equal each other (exactly on a CPU; on a GPU, cuDNN's
     backward kernels, e.g. of adaptive average pooling, are not bitwise deterministic)."""
-    source = str(ctx.workdir / "mbv2-fast" / "pruned.pth")
+    script = train_script("mobilenet_v2")
+    source = str(ctx.workdir / "mobilenet_v2-fast" / "pruned.pth")
     extra = ("--pruned", source, "--epochs", "3")
-    twins = [ctx.popen("mobile2_finetune.py", ctx.train_argv(f"resume-ft-straight{i}", *extra),
+    twins = [ctx.popen(script, ctx.train_argv(f"resume-ft-straight{i}", *extra),
                        ctx.workdir / f"resume-ft-straight{i}.log") for i in (1, 2)]
     argv = ctx.train_argv("resume-ft-killed", *extra)
     last = ctx.workdir / "resume-ft-killed" / "last.pth"
     log = ctx.workdir / "resume-ft-killed.log"
-    kill_when(ctx.popen("mobile2_finetune.py", argv, log),
-              lambda: (s := loadable(last)) is not None and s["epoch"] >= 1, ctx.sizes.timeout)
+    kill_when(ctx.popen(script, argv, log),
+              lambda: (s := loadable(last)) is not None and s.state["epoch"] >= 1,
+              ctx.sizes.timeout)
     if (last.parent / "summary.json").exists():
         raise CheckFailed("the killed run wrote summary.json")
-    ctx.script("mobile2_finetune.py", [*argv, "--resume"], ctx.workdir / "resume-ft-again.log")
+    ctx.script(script, [*argv, "--resume"], ctx.workdir / "resume-ft-again.log")
     for twin in twins:
         if twin.wait(timeout=ctx.sizes.timeout):
             raise CheckFailed(f"an uninterrupted run failed: exit {twin.returncode}")
@@ -342,8 +348,9 @@ def finetune_resume(ctx: Context) -> str:
 
 def launcher_smoke(ctx: Context) -> str:
     out = ctx.workdir / "launcher"
-    argv = ["--smoke", "--device", ctx.device.type, "--runs-dir", str(out), "--mbv2-pretrained",
-            str(ctx.dense("mobilenet_v2")), "--mbv2-epsilons", "1.0"]
+    argv = ["--smoke", "--device", ctx.device.type, "--runs-dir", str(out),
+            "--mobilenet-v2-pretrained", str(ctx.dense("mobilenet_v2")),
+            "--mobilenet-v2-epsilons", "1.0"]
     ctx.script("scripts/table2.py", argv, ctx.workdir / "launcher.log")
     table = out / "table2" / "table.md"
     if not table.exists():
@@ -415,8 +422,7 @@ class PickComparison:
         import copy
 
         import data
-        import models
-        from models.suffix import splitter
+        from models import splitter
         from models.weights import load_pretrained
         from pruning.evaluators import PlainEvaluator
         from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
@@ -519,53 +525,56 @@ def checks(keep: str, device: torch.device) -> list[Check]:
     mb, rn = "dense: mobilenet_v2", f"dense: resnet34 {' '.join(rn_speed)}"
     greedy = "prune mobilenet_v2 --evaluator fast (loss gap)"
     rn_fast = "prune resnet34 --evaluator fast"
+
+    def mb_prune(tag: str, *extra: str) -> Callable[[Context], str]:
+        return prune("mobilenet_v2", f"mobilenet_v2-{tag}", *extra)
+
+    def mb_finetune(out: str, *extra: str) -> Callable[[Context], str]:
+        return finetune_pruned("mobilenet_v2", "mobilenet_v2-fast", out, *extra)
+
     return [
         Check(mb, dense("mobilenet_v2")),
         Check(rn, dense("resnet34", *rn_speed)),
         Check("exact parts in IEEE float32", exact_is_ieee),
-        Check(greedy, prune("mobilenet_v2", "mbv2-fast", "--epsilon", "0.5"), (mb,)),
+        Check(greedy, mb_prune("fast", "--epsilon", "0.5"), (mb,)),
         Check("prune mobilenet_v2 --precision bf16",
-              prune("mobilenet_v2", "mbv2-bf16", "--precision", "bf16", *fraction), (mb,)),
+              mb_prune("bf16", "--precision", "bf16", *fraction), (mb,)),
         Check("prune mobilenet_v2 --evaluator plain",
-              prune("mobilenet_v2", "mbv2-plain", "--evaluator", "plain", *plain, *fraction),
-              (mb,)),
+              mb_prune("plain", "--evaluator", "plain", *plain, *fraction), (mb,)),
         Check("prune mobilenet_v2 --shortlist 2",
-              prune("mobilenet_v2", "mbv2-shortlist", "--shortlist", "2", *fraction), (mb,)),
+              mb_prune("shortlist", "--shortlist", "2", *fraction), (mb,)),
         Check("prune mobilenet_v2 --units hidden+outputs",
-              prune("mobilenet_v2", "mbv2-outputs", "--units", "hidden+outputs", *fraction),
-              (mb,)),
+              mb_prune("outputs", "--units", "hidden+outputs", *fraction), (mb,)),
         Check("prune mobilenet_v2 --units released",
-              prune("mobilenet_v2", "mbv2-released", "--units", "released", *fraction), (mb,)),
+              mb_prune("released", "--units", "released", *fraction), (mb,)),
         Check("prune mobilenet_v2 --method backward",
-              prune("mobilenet_v2", "mbv2-backward", "--method", "backward", "--stop",
-                    "fraction", "--keep-fraction", "0.97"), (mb,)),
+              mb_prune("backward", "--method", "backward", "--stop", "fraction",
+                       "--keep-fraction", "0.97"), (mb,)),
         *[Check(f"prune mobilenet_v2 --method {m}",
-                prune("mobilenet_v2", f"mbv2-{m}", "--method", m, "--stop", "fraction",
-                      "--keep-fraction", "0.25"), (mb,)) for m in ("magnitude", "random",
-                                                              "uniform")],
+                mb_prune(m, "--method", m, "--stop", "fraction", "--keep-fraction", "0.25"),
+                (mb,)) for m in ("magnitude", "random", "uniform")],
         Check("prune mobilenet_v2 --finetune-between",
-              prune("mobilenet_v2", "mbv2-between", "--finetune-between", "0.05", *fraction),
-              (mb,)),
-        Check(rn_fast, prune("resnet34", "rn34-fast", *fraction), (rn,)),
+              mb_prune("between", "--finetune-between", "0.05", *fraction), (mb,)),
+        Check(rn_fast, prune("resnet34", "resnet34-fast", *fraction), (rn,)),
         Check("prune resnet34 --evaluator plain",
-              prune("resnet34", "rn34-plain", "--evaluator", "plain", *plain, *fraction), (rn,)),
+              prune("resnet34", "resnet34-plain", "--evaluator", "plain", *plain, *fraction),
+              (rn,)),
         Check("prune --resume after SIGKILL", prune_resume, (mb,)),
         Check("fast fp32 picks = plain picks", fast_equals_plain, (mb,)),
         Check("bf16 vs fp32 candidate picks", bf16_against_fp32, (mb,)),
         Check("finetune --pruned --amp bfloat16 --channels-last",
-              finetune_pruned("mobilenet_v2", "mbv2-fast", "ft-bf16", "--amp", "bfloat16",
-                              "--channels-last", *amp_pixels), (greedy,)),
-        Check("finetune --pruned --from-scratch",
-              finetune_pruned("mobilenet_v2", "mbv2-fast", "ft-scratch", "--from-scratch",
-                              "--scratch-max-factor", "1"), (greedy,)),
-        Check("finetune --pruned --amp float16 --compile",
-              finetune_pruned("mobilenet_v2", "mbv2-fast", "ft-compile", "--amp", "float16",
-                              "--compile", *amp_pixels), (greedy,)),
-        Check(f"finetune resnet34 --pruned {' '.join(rn_amp)}".strip(),
-              finetune_pruned("resnet34", "rn34-fast", "ft-rn34", *rn_amp), (rn_fast,)),
-        Check("finetune --pruned --optimizer grda",
-              finetune_pruned("mobilenet_v2", "mbv2-fast", "ft-grda", "--optimizer", "grda"),
+              mb_finetune("ft-bf16", "--amp", "bfloat16", "--channels-last", *amp_pixels),
               (greedy,)),
+        Check("finetune --pruned --from-scratch",
+              mb_finetune("ft-scratch", "--from-scratch", "--scratch-max-factor", "1"),
+              (greedy,)),
+        Check("finetune --pruned --amp float16 --compile",
+              mb_finetune("ft-compile", "--amp", "float16", "--compile", *amp_pixels),
+              (greedy,)),
+        Check(f"finetune resnet34 --pruned {' '.join(rn_amp)}".strip(),
+              finetune_pruned("resnet34", "resnet34-fast", "ft-resnet34", *rn_amp), (rn_fast,)),
+        Check("finetune --pruned --optimizer grda",
+              mb_finetune("ft-grda", "--optimizer", "grda"), (greedy,)),
         Check("finetune --evaluate-only", evaluate_only, (mb,)),
         Check("finetune --resume after SIGKILL", finetune_resume, (greedy,)),
         Check("launcher table2.py --smoke", launcher_smoke, (mb,)),

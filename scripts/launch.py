@@ -25,6 +25,10 @@ Why it is built this way:
   nothing behind for the next one.
 * MAC targets are compared as fractions of the dense network's MACs (the paper's count over the
   paper's dense count), so the same rule picks runs at 224 px on ImageNet and in a smoke run.
+* What a launcher knows about a network family (its scripts, whether it has a ``--width``, its
+  title) comes from the registry (``models.get``); run folders and per-family flags
+  (``--mobilenet-v2-pretrained``) are named after the registry name. Only the papers' numbers
+  (and the smoke runs' sizes) are tables keyed by that name.
 """
 
 from __future__ import annotations
@@ -44,10 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the repository's modules, for steps run in this process
     sys.path.insert(0, str(ROOT))
 
-ARCHS = ("mobilenet_v2", "resnet34")
-PRUNE_SCRIPT = {"mobilenet_v2": "mobile2_prune.py", "resnet34": "resnet34_prune.py"}
-TRAIN_SCRIPT = {"mobilenet_v2": "mobile2_finetune.py", "resnet34": "resnet34_finetune.py"}
-SHORT = {"mobilenet_v2": "mbv2", "resnet34": "resnet34"}
+import models  # noqa: E402
+
 SUMMARY = "summary.json"
 RECORD = "launch.json"
 #: Flags that change how a step runs but not what it computes (flag -> number of values).
@@ -61,8 +63,67 @@ SWEEP_EPSILONS = {
     "resnet34": (0.02, 0.03, 0.05, 0.08),
 }
 SMOKE_EPSILONS = {"mobilenet_v2": (0.3, 1.0), "resnet34": (4.0,)}
+#: The smoke runs' image size (ResNet34 at 16 px is cheaper; a family not listed gets 32).
+SMOKE_IMAGE_SIZE = {"mobilenet_v2": 32, "resnet34": 16}
+#: The weights the paper started from, for the help of ``--<arch>-pretrained``.
+PAPER_WEIGHTS = {"mobilenet_v2": "d-li14's mobilenetv2_1.0-0c6065bc.pth"}
 #: The paper's dense MACs (Table 1's "Full Model" rows), the unit of its MAC targets.
 PAPER_DENSE_MACS = {"mobilenet_v2": 314e6, "resnet34": 3.68e9}
+
+
+def prune_script(arch: str) -> str:
+    """The family's prune script, e.g. ``mobile2_prune.py``."""
+    return f"{script_prefix(arch)}_prune.py"
+
+
+def train_script(arch: str) -> str:
+    """The family's fine-tune / training script, e.g. ``mobile2_finetune.py``."""
+    return f"{script_prefix(arch)}_finetune.py"
+
+
+def script_prefix(arch: str) -> str:
+    family = models.get(arch)
+    if family.script is None:
+        raise SystemExit(f"error: {family.title} has no command-line scripts (Architecture.script)")
+    return family.script
+
+
+def width_args(arch: str, width: float) -> list[str]:
+    """``--width`` for a family with a width multiplier, nothing for one without."""
+    return ["--width", str(width)] if models.get(arch).has_width else []
+
+
+def arch_flag(arch: str, what: str) -> str:
+    """A per-family flag of the launchers: ``--mobilenet-v2-pretrained``."""
+    return f"--{arch.replace('_', '-')}-{what}"
+
+
+def arch_option(args: argparse.Namespace, arch: str, what: str) -> Any:
+    """The value of ``arch_flag(arch, what)`` (None when the launcher has no such flag)."""
+    return getattr(args, f"{arch}_{what}".replace("-", "_"), None)
+
+
+def add_arch_options(p: argparse.ArgumentParser, archs: Sequence[str],
+                     shared: bool = False) -> None:
+    """``--<arch>-pretrained`` and ``--<arch>-epsilons`` for each of ``archs``; ``shared``:
+    the sweep is Table 1's, shared with this launcher."""
+    for arch in archs:
+        family = models.get(arch)
+        default = ("torchvision's IMAGENET1K_V1" if family.torchvision_weights
+                   else "required without --smoke")
+        paper = f"; the paper used {PAPER_WEIGHTS[arch]}" if arch in PAPER_WEIGHTS else ""
+        sweep = "Table 1's " if shared else ""
+        epsilons = ",".join(map(str, SWEEP_EPSILONS[arch]))
+        p.add_argument(arch_flag(arch, "pretrained"), metavar="WEIGHTS",
+                       help=f"{family.title} weights (default: {default}{paper})")
+        p.add_argument(arch_flag(arch, "epsilons"), type=epsilon_list, metavar="E1,E2",
+                       help=f"{sweep}{family.title} sweep (default: {epsilons})")
+
+
+def sweep_epsilons(ctx: Context, args: argparse.Namespace, arch: str) -> tuple[float, ...]:
+    """``--<arch>-epsilons``, or the (smoke) sweep of Table 1."""
+    given = arch_option(args, arch, "epsilons")
+    return given or (SMOKE_EPSILONS if ctx.smoke else SWEEP_EPSILONS)[arch]
 
 
 class StepFailed(RuntimeError):
@@ -168,26 +229,26 @@ class Context:
         if not self.smoke:
             return ["--dataset", self.dataset, "--data-path", self.data_path, *device]
         args = ["--dataset", "synthetic", "--synthetic-images", "256",
-                "--image-size", "32" if arch == "mobilenet_v2" else "16",
+                "--image-size", str(SMOKE_IMAGE_SIZE.get(arch, 32)),
                 "--workers", "0", "--no-progress", *device]
         return [*args, "--synthetic-val-images", "128"] if train else args
 
     @property
     def width(self) -> float:
-        """The MobileNetV2 of Tables 1, 2 and 5: width 1.0, or the tiny 0.5 with --smoke."""
+        """The width of a family with a width multiplier (MobileNetV2 in Tables 1, 2 and 5):
+        1.0, or the tiny 0.5 with --smoke."""
         return 0.5 if self.smoke else 1.0
 
     def prune(self, arch: str, out: Path, pretrained: str, *extra: str,
               width: float | None = None) -> Step:
-        """A prune step: the paper's selection settings, or tiny ones with --smoke; MobileNetV2
-        at ``width`` (default :attr:`width`)."""
-        args = [*self.data_args(arch, train=False), "--pretrained", pretrained]
-        if arch == "mobilenet_v2":
-            args += ["--width", str(width or self.width)]
+        """A prune step: the paper's selection settings, or tiny ones with --smoke; a family
+        with a width multiplier at ``width`` (default :attr:`width`)."""
+        args = [*self.data_args(arch, train=False), "--pretrained", pretrained,
+                *width_args(arch, width or self.width)]
         if self.smoke:
             args += ["--batch-size", "4", "--eval-images", "16", "--eval-batch-size", "16",
                      "--candidates", "2"]
-        return Step(PRUNE_SCRIPT[arch], (*args, *extra), out)
+        return Step(prune_script(arch), (*args, *extra), out)
 
     def train(self, arch: str, out: Path, *extra: str, resumable: bool = True) -> Step:
         """A fine-tune / re-train / dense training step; the script's defaults are the paper's
@@ -195,7 +256,7 @@ class Context:
         args = self.data_args(arch, train=True)
         if self.smoke and "--batch-size" not in extra:
             args += ["--batch-size", "32"]
-        return Step(TRAIN_SCRIPT[arch], (*args, *extra), out, resumable)
+        return Step(train_script(arch), (*args, *extra), out, resumable)
 
     def finetune(self, arch: str, prune: Step, out: Path, epochs: int | None,
                  *extra: str) -> Step:
@@ -207,7 +268,7 @@ class Context:
 
     def evaluate(self, arch: str, pretrained: str, out: Path, width: float | None = None) -> Step:
         """The dense pretrained network's validation accuracy (a table's "Full model" row)."""
-        extra = ["--width", str(width or self.width)] if arch == "mobilenet_v2" else []
+        extra = width_args(arch, width or self.width)
         return self.train(arch, out, "--pretrained", pretrained, *extra, "--evaluate-only",
                           resumable=False)
 
@@ -219,8 +280,12 @@ class Context:
         if given:
             return given
         if not self.smoke:
-            if arch == "mobilenet_v2" and width != 1.0:
-                raise SystemExit(f"error: give the pretrained MobileNetV2 x{width} weights "
+            family = models.get(arch)
+            if family.torchvision_weights is None:
+                raise SystemExit(f"error: give the pretrained {family.title} weights "
+                                 "(torchvision has none)")
+            if family.has_width and width != 1.0:
+                raise SystemExit(f"error: give the pretrained {family.title} x{width} weights "
                                  "(torchvision has width 1.0 only)")
             return "IMAGENET1K_V1"
         step = smoke_dense_step(self, arch, width)
@@ -289,8 +354,8 @@ def run_in_process(step: Step) -> None:
 def smoke_dense_step(ctx: Context, arch: str, width: float) -> Step:
     """A short dense training on the synthetic data: the smoke runs' "pretrained" network, so
     that their pruning starts from trained weights (a few epochs: only a little above chance)."""
-    name = f"{arch}-w{width}" if arch == "mobilenet_v2" else arch
-    extra = ["--width", str(width)] if arch == "mobilenet_v2" else []
+    extra = width_args(arch, width)
+    name = f"{arch}-w{width}" if extra else arch
     return ctx.train(arch, ctx.runs / "dense" / name, *extra, "--epochs", "3", "--lr", "0.01",
                      "--lr-schedule", "cosine")
 
@@ -307,7 +372,7 @@ def main(build: Any) -> None:
 
 
 def sweep_row(ctx: Context, arch: str, epsilon: float) -> Path:
-    return ctx.runs / "table1" / f"{SHORT[arch]}-greedy-eps{epsilon:g}"
+    return ctx.runs / "table1" / f"{arch}-greedy-eps{epsilon:g}"
 
 
 def sweep(ctx: Context, arch: str, epsilons: Sequence[float], pretrained: str) -> list[Step]:
@@ -329,7 +394,7 @@ def nearest(steps: Sequence[Step], fraction: float) -> Step | None:
 
 
 def epsilon_list(text: str) -> tuple[float, ...]:
-    """``--...-epsilons 0.01,0.02``."""
+    """``--<arch>-epsilons 0.01,0.02``."""
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:

@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import launch
-from launch import SHORT, Context, Step
+import models
+from launch import Context, Step
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ SETUPS = {
     "synthetic": Setup((128, None), 256, 32, 16, 8, 8, False,
                        {"mobilenet_v2": (1.0,), "resnet34": (1.0,)}),
 }
+#: The registered networks the settings above give epsilons for.
+PAPER_ARCHS = tuple(a for a in models.names() if all(a in s.epsilons for s in SETUPS.values()))
 #: The paper's numbers: (arch, size or FLOP ratio) -> pruned top-1 per snapshot, dense top-1.
 PAPER = {
     "cifar10": {
@@ -81,7 +84,7 @@ def parse_args(argv: list[str] | None = None):
     p = launch.parser(__doc__.split("\n")[0])
     p.add_argument("--dataset", choices=("cifar10", "imagenet"), default="cifar10",
                    help="cifar10: the paper's Table 1; imagenet: its Table 2")
-    p.add_argument("--archs", nargs="+", choices=launch.ARCHS, default=list(launch.ARCHS),
+    p.add_argument("--archs", nargs="+", choices=PAPER_ARCHS, default=list(PAPER_ARCHS),
                    help="the networks to run (default: both)")
     return p.parse_args(argv)
 
@@ -103,12 +106,12 @@ def build(argv: list[str] | None = None) -> None:
 
 def run_size(ctx: Context, setup: Setup, arch: str, size: int | None) -> dict:
     """Pre-train one dense network with snapshots, prune and fine-tune every snapshot."""
-    name = f"{SHORT[arch]}-n{size or 'all'}"
+    name = f"{arch}-n{size or 'all'}"
     subset = ["--train-subset", str(size)] if size else []
     batch = ["--batch-size", str(setup.batch)]
     every = setup.epochs(setup.snapshot, size)
     total = every * (setup.pretrain // setup.snapshot)  # the last snapshot is the final network
-    width = ["--width", str(ctx.width)] if arch == "mobilenet_v2" else []
+    width = launch.width_args(arch, ctx.width)
     # fine-tuning: CIFAR-10 counts iterations of the pre-training batch; ImageNet uses Ye et
     # al.'s recipe (the script's default batch 512)
     ft_batch = [] if setup.by_epoch else batch

@@ -1,6 +1,7 @@
 """A table and a MACs-vs-top-1 plot of every run under a directory, from the runs' JSON alone.
 
-    python scripts/report.py runs/table1            # writes fig/table1.md, fig/table1_macs_top1.png
+    python scripts/report.py runs/table1    # writes runs/report/table1.md, table1_macs_top1.png
+    python scripts/report.py runs/table1 --out fig    # the same into the tracked fig/
 
 The launchers write their own paper-shaped ``table.md``; this report is the generic view that
 needs nothing but the ``summary.json`` files the prune and fine-tune scripts write, so it works on
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 MARKERS = "osD^v<>ph*"
+#: The default output folder: under the git-ignored runs/, so a report never dirties the tree.
+DEFAULT_OUT = Path("runs/report")
 
 
 def load_runs(root: Path) -> tuple[list[dict], list[dict]]:
@@ -132,7 +135,9 @@ def report(root: Path, out: Path, name: str | None = None) -> tuple[Path, Path]:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("runs", type=Path, help="a directory of runs, e.g. runs/table1")
-    p.add_argument("--out", type=Path, default=Path("fig"), help="where to write (default: fig)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"where to write (default: {DEFAULT_OUT}, git-ignored like every run; "
+                        "--out fig for the tracked figures)")
     p.add_argument("--name", help="file name stem (default: the runs directory's name)")
     args = p.parse_args(argv)
     report(args.runs, args.out, args.name)

@@ -18,7 +18,7 @@ which epsilon gave which row. So this launcher
 from __future__ import annotations
 
 import launch
-from launch import SHORT, Context, Step
+from launch import Context, Step
 
 #: The paper's rows (Table 1): MACs, top-1, params (M; None where not given).
 PAPER = {
@@ -45,15 +45,7 @@ def parse_args(argv: list[str] | None = None):
     p = launch.parser(__doc__.split("\n")[0])
     p.add_argument("--archs", nargs="+", choices=tuple(PAPER), default=list(PAPER),
                    help="the networks to run (default: both)")
-    p.add_argument("--mbv2-pretrained", help="MobileNetV2 weights (default: torchvision's "
-                   "IMAGENET1K_V1; the paper used d-li14's mobilenetv2_1.0-0c6065bc.pth)")
-    p.add_argument("--resnet34-pretrained", help="ResNet34 weights (default: IMAGENET1K_V1)")
-    p.add_argument("--mbv2-epsilons", type=launch.epsilon_list,
-                   help="MobileNetV2 sweep (default: "
-                        f"{','.join(map(str, launch.SWEEP_EPSILONS['mobilenet_v2']))})")
-    p.add_argument("--resnet34-epsilons", type=launch.epsilon_list,
-                   help=f"ResNet34 sweep (default: "
-                        f"{','.join(map(str, launch.SWEEP_EPSILONS['resnet34']))})")
+    launch.add_arch_options(p, tuple(PAPER))
     p.add_argument("--baselines", nargs="*", choices=BASELINES, default=None,
                    help="also fine-tune these selections at each row's kept channels "
                         "(default: none; with --smoke: all)")
@@ -69,18 +61,16 @@ def build(argv: list[str] | None = None) -> None:
     sections: list[tuple[str, str]] = []
     sweep_rows, rows = [], []
     for arch in args.archs:
-        given = args.mbv2_pretrained if arch == "mobilenet_v2" else args.resnet34_pretrained
-        pretrained = ctx.dense(arch, given)
-        dense_eval = ctx.evaluate(arch, pretrained, ctx.dir / f"{SHORT[arch]}-dense")
+        pretrained = ctx.dense(arch, launch.arch_option(args, arch, "pretrained"))
+        dense_eval = ctx.evaluate(arch, pretrained, ctx.dir / f"{arch}-dense")
         ctx.run([dense_eval])
-        epsilons = (args.mbv2_epsilons if arch == "mobilenet_v2" else args.resnet34_epsilons) \
-            or (launch.SMOKE_EPSILONS if ctx.smoke else launch.SWEEP_EPSILONS)[arch]
+        epsilons = launch.sweep_epsilons(ctx, args, arch)
         swept = launch.sweep(ctx, arch, epsilons, pretrained)
         sweep_rows += [(arch, f"greedy, epsilon {e:g}", s) for e, s in zip(epsilons, swept)]
         uniform = []
         if PAPER[arch]["uniform"]:
             fractions = SMOKE_UNIFORM_FRACTIONS if ctx.smoke else UNIFORM_FRACTIONS
-            uniform = [ctx.prune(arch, ctx.dir / f"{SHORT[arch]}-uniform-keep{f:g}" / "prune",
+            uniform = [ctx.prune(arch, ctx.dir / f"{arch}-uniform-keep{f:g}" / "prune",
                                  pretrained, "--method", "uniform", "--stop", "fraction",
                                  "--keep-fraction", f"{f:g}") for f in fractions]
             ctx.run(uniform)

@@ -26,11 +26,7 @@ PAPER = [(220e6, 70.8, 71.6), (170e6, 69.0, 70.4)]
 
 def parse_args(argv: list[str] | None = None):
     p = launch.parser(__doc__.split("\n")[0])
-    p.add_argument("--mbv2-pretrained", help="MobileNetV2 weights (default: torchvision's "
-                   "IMAGENET1K_V1; the paper used d-li14's mobilenetv2_1.0-0c6065bc.pth)")
-    p.add_argument("--mbv2-epsilons", type=launch.epsilon_list,
-                   help="Table 1's MobileNetV2 sweep (default: "
-                        f"{','.join(map(str, launch.SWEEP_EPSILONS[ARCH]))})")
+    launch.add_arch_options(p, (ARCH,), shared=True)
     p.add_argument("--epochs", type=int,
                    help="fine-tune epochs, and the Scratch-B base (default: the paper's 150)")
     return p.parse_args(argv)
@@ -39,10 +35,8 @@ def parse_args(argv: list[str] | None = None):
 def build(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     ctx = Context("table2", args)
-    pretrained = ctx.dense(ARCH, args.mbv2_pretrained)
-    epsilons = args.mbv2_epsilons or (launch.SMOKE_EPSILONS if ctx.smoke
-                                      else launch.SWEEP_EPSILONS)[ARCH]
-    swept = launch.sweep(ctx, ARCH, epsilons, pretrained)
+    pretrained = ctx.dense(ARCH, launch.arch_option(args, ARCH, "pretrained"))
+    swept = launch.sweep(ctx, ARCH, launch.sweep_epsilons(ctx, args, ARCH), pretrained)
     rows = []
     for paper_macs, paper_scratch, paper_finetune in PAPER:
         pick = launch.nearest(swept, paper_macs / launch.PAPER_DENSE_MACS[ARCH])

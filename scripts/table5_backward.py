@@ -23,7 +23,7 @@ longest of all smoke runs).
 from __future__ import annotations
 
 import launch
-from launch import SHORT, Context
+from launch import Context
 
 #: MAC targets: Table 1's ResNet34 rows and the MobileNetV2 rows of Table 2. The provided text
 #: of the paper does not include Table 5's numbers.
@@ -34,12 +34,7 @@ def parse_args(argv: list[str] | None = None):
     p = launch.parser(__doc__.split("\n")[0])
     p.add_argument("--archs", nargs="+", choices=tuple(TARGETS), default=list(TARGETS),
                    help="the networks to run (default: both)")
-    p.add_argument("--mbv2-pretrained", help="MobileNetV2 weights (default: IMAGENET1K_V1)")
-    p.add_argument("--resnet34-pretrained", help="ResNet34 weights (default: IMAGENET1K_V1)")
-    p.add_argument("--mbv2-epsilons", type=launch.epsilon_list,
-                   help="Table 1's MobileNetV2 sweep (default: as table1.py)")
-    p.add_argument("--resnet34-epsilons", type=launch.epsilon_list,
-                   help="Table 1's ResNet34 sweep (default: as table1.py)")
+    launch.add_arch_options(p, tuple(TARGETS), shared=True)
     p.add_argument("--epochs", type=int, help="fine-tune epochs (default: the paper's 150)")
     return p.parse_args(argv)
 
@@ -49,11 +44,8 @@ def build(argv: list[str] | None = None) -> None:
     ctx = Context("table5", args)
     rows = []
     for arch in args.archs:
-        mbv2 = arch == "mobilenet_v2"
-        pretrained = ctx.dense(arch, args.mbv2_pretrained if mbv2 else args.resnet34_pretrained)
-        epsilons = (args.mbv2_epsilons if mbv2 else args.resnet34_epsilons) or (
-            launch.SMOKE_EPSILONS if ctx.smoke else launch.SWEEP_EPSILONS)[arch]
-        swept = launch.sweep(ctx, arch, epsilons, pretrained)
+        pretrained = ctx.dense(arch, launch.arch_option(args, arch, "pretrained"))
+        swept = launch.sweep(ctx, arch, launch.sweep_epsilons(ctx, args, arch), pretrained)
         seen = set()
         for target in TARGETS[arch]:
             pick = launch.nearest(swept, target / launch.PAPER_DENSE_MACS[arch])
@@ -66,7 +58,7 @@ def build(argv: list[str] | None = None) -> None:
                 continue
             seen.add(pick)
             forward = ctx.finetune(arch, pick, pick.out.parent / "finetune", args.epochs)
-            row = ctx.dir / f"{SHORT[arch]}-backward-matched-{pick.out.parent.name}"
+            row = ctx.dir / f"{arch}-backward-matched-{pick.out.parent.name}"
             backward = ctx.prune(arch, row / "prune", pretrained, "--method", "backward",
                                  "--match-kept", str(pick.out / "pruned.pth"))
             backward_ft = ctx.finetune(arch, backward, row / "finetune", args.epochs)

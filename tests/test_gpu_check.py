@@ -91,3 +91,26 @@ def test_a_nan_loss_or_a_missing_record_fails(tmp_path):
     path.write_text(json.dumps({k: v for k, v in summary.items() if k != "tf32"}))
     with pytest.raises(CheckFailed, match="lacks tf32"):
         gpu_check.pruned_ok(nan, "run")
+
+
+def test_the_scripts_and_widths_come_from_the_registry():
+    assert (gpu_check.prune_script("mobilenet_v2"), gpu_check.train_script("resnet34")) == (
+        "mobile2_prune.py", "resnet34_finetune.py")
+    assert gpu_check.half_width("mobilenet_v2") == ["--width", "0.5"]
+    assert gpu_check.half_width("resnet34") == []
+    ctx = Context(torch.device("cpu"), gpu_check.SIZES["cpu"], Path("work"), jobs=1)
+    assert "--width" not in ctx.prune_argv("resnet34", "out")
+
+
+def test_the_resume_checks_read_the_checkpoint_schema(tmp_path):
+    """The SIGKILL checks poll a selection state and a training checkpoint as they are written."""
+    from pruning.checkpoint import Checkpoint, save
+
+    path = tmp_path / "selection_state.pth"
+    assert gpu_check.loadable(path) is None
+    counts = {"features.2.hidden": torch.ones(4, dtype=torch.long)}
+    save(Checkpoint("selection", "mobilenet_v2", 0.5, 10, {},
+                    state={"completed": counts, "batches_drawn": 3}), path)
+    assert len(gpu_check.loadable(path).state["completed"]) == 1
+    save(Checkpoint("training", "mobilenet_v2", 0.5, 10, {}, state={"epoch": 1}), path)
+    assert gpu_check.loadable(path).state["epoch"] == 1

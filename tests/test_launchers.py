@@ -56,7 +56,7 @@ def dense(runs: Path, arch: str) -> str:
 def smoke(tmp_path_factory) -> dict:
     """The runs directory all launchers share, and the dense MobileNetV2 x0.5 they prune."""
     runs = tmp_path_factory.mktemp("runs")
-    return {"runs": runs, "mbv2": dense(runs, "mobilenet_v2")}
+    return {"runs": runs, "mobilenet_v2": dense(runs, "mobilenet_v2")}
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,7 @@ def common(smoke: dict) -> list[str]:
 
 
 def test_table1_smoke_builds_the_table_from_the_runs(smoke, resnet34):
-    run_script("table1.py", *common(smoke), "--mbv2-pretrained", smoke["mbv2"],
+    run_script("table1.py", *common(smoke), "--mobilenet-v2-pretrained", smoke["mobilenet_v2"],
                "--resnet34-pretrained", resnet34)
     table = smoke["runs"] / "table1" / "table.md"
     for row in table_rows(table, "Epsilon sweep"):
@@ -87,10 +87,10 @@ def test_table1_smoke_builds_the_table_from_the_runs(smoke, resnet34):
     assert (ours["top-1"], ours["top-5"]) == (f"{s['top1']:.2f}", f"{s['top5']:.2f}")
     assert ours["MACs"] == launch.macs(s["macs"]) and ours["fine-tune epochs"] == "1"
     # the baselines keep exactly the greedy run's channels per unit, hence its MACs
-    mbv2 = [r for r in rows if r["arch"] == "mobilenet_v2"]
+    mobilenet = [r for r in rows if r["arch"] == "mobilenet_v2"]
     for base in ("magnitude", "random"):
-        row = next(r for r in mbv2 if r["method"].startswith(base))
-        greedy = next(r for r in mbv2 if r["method"] == "Ours (greedy)"
+        row = next(r for r in mobilenet if r["method"].startswith(base))
+        greedy = next(r for r in mobilenet if r["method"] == "Ours (greedy)"
                       and row["run"].startswith(r["run"]))
         assert row["MACs"] == greedy["MACs"] and row["params"] == greedy["params"]
         kept = summary(smoke["runs"] / "table1" / row["run"] / "prune")["kept"]
@@ -98,7 +98,8 @@ def test_table1_smoke_builds_the_table_from_the_runs(smoke, resnet34):
 
 
 def test_table2_smoke_retrains_with_the_scratch_b_budget(smoke):
-    out = run_script("table2.py", *common(smoke), "--mbv2-pretrained", smoke["mbv2"]).stdout
+    out = run_script("table2.py", *common(smoke), "--mobilenet-v2-pretrained",
+                     smoke["mobilenet_v2"]).stdout
     rows = table_rows(smoke["runs"] / "table2" / "table.md", "Table 2")
     assert len(rows) == 2
     for row in rows:
@@ -115,7 +116,7 @@ def test_table2_smoke_retrains_with_the_scratch_b_budget(smoke):
 
 
 def test_table3_smoke_prunes_three_widths(smoke):
-    run_script("table3.py", *common(smoke), "--pretrained", f"0.5={smoke['mbv2']}")
+    run_script("table3.py", *common(smoke), "--pretrained", f"0.5={smoke['mobilenet_v2']}")
     rows = table_rows(smoke["runs"] / "table3" / "table.md", "Table 3")
     assert [r["width"] for r in rows] == ["x1.0", "x0.75", "x0.5"]
     dense = [summary(smoke["runs"] / "table3" / r["run"] / "prune")["dense_macs"] for r in rows]
@@ -128,7 +129,7 @@ def test_table3_smoke_prunes_three_widths(smoke):
 
 def test_table5_smoke_compares_at_equal_kept_channels(smoke):
     run_script("table5_backward.py", *common(smoke), "--archs", "mobilenet_v2",
-               "--mbv2-pretrained", smoke["mbv2"])
+               "--mobilenet-v2-pretrained", smoke["mobilenet_v2"])
     rows = table_rows(smoke["runs"] / "table5" / "table.md", "Table 5")
     forward = next(r for r in rows if r["method"].startswith("forward"))
     backward = next(r for r in rows if r["method"].startswith("backward"))
@@ -147,14 +148,14 @@ def test_pretraining_smoke_prunes_every_snapshot(smoke):
     rows = table_rows(base / "table.md", "This repository")
     assert [r["training images"] for r in rows] == ["128", "all (256)"]
     # 16 iterations of batch 32, a snapshot every 8: 4 epochs of 128 images, 2 of 256
-    assert sorted(p.name for p in (base / "mbv2-n128" / "dense").glob("epoch_*.pth")) == [
+    assert sorted(p.name for p in (base / "mobilenet_v2-n128" / "dense").glob("epoch_*.pth")) == [
         "epoch_002.pth", "epoch_004.pth"]
-    record = json.loads((base / "mbv2-n128-ep2-eps1" / "prune" / launch.RECORD).read_text())
+    record = json.loads((base / "mobilenet_v2-n128-ep2-eps1" / "prune" / launch.RECORD).read_text())
     assert record["args"][record["args"].index("--pretrained") + 1].endswith("epoch_002.pth")
-    for row, name in zip(rows, ("mbv2-n128", "mbv2-nall")):
+    for row, name in zip(rows, ("mobilenet_v2-n128", "mobilenet_v2-nall")):
         dense = summary(base / name / "dense")
         assert row["dense top-1"] == f"{dense['top1']:.2f}"
-        epochs = (2, 4) if name == "mbv2-n128" else (1, 2)
+        epochs = (2, 4) if name == "mobilenet_v2-n128" else (1, 2)
         ft = summary(base / f"{name}-ep{epochs[1]}-eps1" / "finetune")
         assert row["16 it"].startswith(f"{ft['top1']:.2f} (")
 
@@ -190,9 +191,27 @@ def test_a_step_as_its_own_process_equals_the_step_run_in_process(smoke, tmp_pat
     """Full runs start each step as a process, smoke runs inside the launcher: same result."""
     args = launch.parser("").parse_args(["--smoke", "--runs-dir", str(tmp_path)])
     ctx = launch.Context("t", args)
-    steps = [ctx.evaluate("mobilenet_v2", smoke["mbv2"], tmp_path / name) for name in "ab"]
+    steps = [ctx.evaluate("mobilenet_v2", smoke["mobilenet_v2"], tmp_path / name) for name in "ab"]
     ctx.run(steps[:1])
     ctx.in_process = False  # the full-run path
     ctx.run(steps[1:])
     a, b = summary(tmp_path / "a"), summary(tmp_path / "b")
     assert (a["top1"], a["val_loss"]) == (b["top1"], b["val_loss"])
+
+
+def test_scripts_flags_and_run_folders_are_named_by_the_registry(tmp_path):
+    """No launcher names a family's scripts or flags itself: they follow ``models.get``."""
+    out = run_script("table1.py", "--dry-run", "--data-path", "/data/x", "--runs-dir",
+                     str(tmp_path), "--mobilenet-v2-epsilons", "0.05",
+                     "--resnet34-epsilons", "0.08", "--mobilenet-v2-pretrained", "w.pth").stdout
+    commands = [line for line in out.splitlines() if line.startswith("$ ")]
+    mobilenet = [c for c in commands if "mobile2_prune.py" in c and "--epsilon" in c]
+    resnet = [c for c in commands if "resnet34_prune.py" in c and "--epsilon" in c]
+    assert len(mobilenet) == len(resnet) == 1
+    assert "--width 1.0" in mobilenet[0] and "--pretrained w.pth" in mobilenet[0]
+    assert "--width" not in resnet[0] and "--pretrained IMAGENET1K_V1" in resnet[0]
+    assert str(tmp_path / "table1" / "mobilenet_v2-greedy-eps0.05" / "prune") in mobilenet[0]
+    assert str(tmp_path / "table1" / "resnet34-greedy-eps0.08" / "prune") in resnet[0]
+    assert launch.arch_flag("mobilenet_v2", "pretrained") == "--mobilenet-v2-pretrained"
+    assert (launch.prune_script("resnet34"), launch.train_script("mobilenet_v2")) == (
+        "resnet34_prune.py", "mobile2_finetune.py")

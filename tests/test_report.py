@@ -97,3 +97,12 @@ def test_report_script_writes_into_out(runs, tmp_path):
 def test_report_refuses_a_directory_without_runs(tmp_path):
     with pytest.raises(SystemExit, match="no summary.json"):
         report.report(tmp_path, tmp_path / "fig")
+
+
+def test_report_writes_under_runs_by_default_never_into_fig(runs, tmp_path, monkeypatch):
+    """runs/ is git-ignored: a report without --out leaves the tracked fig/ alone."""
+    monkeypatch.chdir(tmp_path)
+    report.main([str(runs)])
+    assert sorted(p.name for p in (tmp_path / "runs" / "report").iterdir()) == [
+        "table9.md", "table9_macs_top1.png"]
+    assert not (tmp_path / "fig").exists()
