@@ -81,10 +81,10 @@ GRDA_DEFAULTS = {"grda_c": 0.005, "grda_mu": 0.51}
 
 #: Arguments that define the training run: a resumed run must use the same values.
 RUN_ARGS = (
-    "arch", "width", "pruned", "pretrained", "from_scratch", "scratch_max_factor", "dataset",
-    "data_path", "image_size", "synthetic_images", "synthetic_seed", "train_subset", "epochs",
-    "batch_size", "lr", "lr_schedule", "optimizer", "momentum", "weight_decay", "nesterov",
-    "grda_c", "grda_mu", "label_smoothing", "amp", "seed",
+    "arch", "width", "layout", "pruned", "pretrained", "from_scratch", "scratch_max_factor",
+    "dataset", "data_path", "image_size", "synthetic_images", "synthetic_seed", "train_subset",
+    "epochs", "batch_size", "lr", "lr_schedule", "optimizer", "momentum", "weight_decay",
+    "nesterov", "grda_c", "grda_mu", "label_smoothing", "amp", "seed",
 )
 TRAINING_FILES = ("last.pth", "best.pth", "epoch_*.pth", "metrics.jsonl", "summary.json", "tb")
 
@@ -101,9 +101,10 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=f"Fine-tune, re-train or train {family.title} (Ye et al., 2020, "
                     "Sections 4.1-4.2).", formatter_class=HelpFormatter)
-    add_shared_arguments(p, family.title, family.has_width, f"runs/{arch}_finetune")
+    add_shared_arguments(p, family.title, family.has_width, family.layout_names,
+                         f"runs/{arch}_finetune")
     p.set_defaults(arch=arch)
-    m = p.add_argument_group("model")
+    m = p.add_argument_group("starting point")
     m.add_argument("--pruned", help="pruned checkpoint to train: the prune script's pruned.pth "
                                     "or masked.pth, or this script's checkpoint of one")
     m.add_argument("--pretrained", default="",
@@ -180,6 +181,7 @@ def check_args(args: argparse.Namespace, world: distributed.World) -> None:
         raise UsageError("--evaluate-only takes neither --resume nor --from-scratch")
     if not 0 <= args.label_smoothing < 1:
         raise UsageError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    args.layout = args.layout or models.default_layout(args.arch, args.dataset)
     resolve_recipe(args)
     set_tf32(args.tf32)
 
@@ -215,8 +217,9 @@ def resolve_recipe(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def read_pruned(path: str, arch: str) -> Checkpoint:
-    """The pruned (or masked) checkpoint at ``path``, after checking it is one and for ``arch``."""
+def read_pruned(path: str, arch: str, layout: str) -> Checkpoint:
+    """The pruned (or masked) checkpoint at ``path``, after checking it is one, for ``arch`` and
+    in ``layout``."""
     try:
         ckpt = read(path, "--pruned", ("pruned", "masked", "training"))
     except CheckpointError as error:
@@ -227,6 +230,10 @@ def read_pruned(path: str, arch: str) -> Checkpoint:
     if ckpt.arch != arch:
         raise UsageError(f"--pruned {path}: checkpoint is for {ckpt.arch}, this script trains "
                          f"{arch}")
+    if ckpt.layout != layout:
+        raise UsageError(f"--pruned {path}: a network of the {ckpt.layout} layout; this run "
+                         f"builds the {layout} layout (--layout, whose default follows "
+                         f"--dataset): pass --layout {ckpt.layout} to train it as it is")
     return ckpt
 
 
@@ -259,11 +266,13 @@ def build_model(args: argparse.Namespace, num_classes: int, resume: Checkpoint |
                 f"resumed from epoch {resume.state['epoch']}")
     if pruned is not None:
         return from_pruned(args, pruned, num_classes)
-    model = models.build(args.arch, 1.0 if args.width is None else args.width, num_classes)
+    model = models.build(args.arch, 1.0 if args.width is None else args.width, num_classes,
+                         args.layout)
     if not args.pretrained:
         return model, None, "random initialization"
     try:  # load_pretrained describes "arch (width, classes) <- source": keep the source
-        return model, None, load_pretrained(model, args.arch, args.pretrained).split(" <- ")[-1]
+        loaded = load_pretrained(model, args.arch, args.pretrained, layout=args.layout)
+        return model, None, loaded.split(" <- ")[-1]
     except (ValueError, FileNotFoundError, PretrainedDownloadError) as error:
         raise UsageError(f"--pretrained {args.pretrained}: {error}") from error
 
@@ -361,7 +370,8 @@ def prepare(arch: str, argv: list[str] | None) -> Setup:
     world = distributed.init(args.device.type)  # as the prune scripts: before any data
     resume = start_run(args)
     # checked before any data is read: a checkpoint of another architecture fails in a second
-    pruned = read_pruned(args.pruned, arch) if args.pruned and resume is None else None
+    pruned = (read_pruned(args.pruned, arch, args.layout) if args.pruned and resume is None
+              else None)
     image_size = args.image_size or data.default_image_size(args.dataset)
     train_set, val_set, num_classes = load_data(args, world, image_size)
     seed_everything(args.seed)  # the same initialization on every rank
@@ -369,7 +379,8 @@ def prepare(arch: str, argv: list[str] | None) -> Setup:
     width = shape.width if shape is not None else (1.0 if args.width is None else args.width)
     if resume is not None:
         width = resume.width
-    dense_macs, dense_params = macs_and_params(models.build(arch, width, num_classes), image_size)
+    dense_macs, dense_params = macs_and_params(
+        models.build(arch, width, num_classes, args.layout), image_size)
     macs, params = macs_and_params(model, image_size)
     epochs = (scratch_epochs(args.epochs, dense_macs, macs, args.scratch_max_factor)
               if args.from_scratch else args.epochs)
@@ -387,7 +398,8 @@ def summary_of(setup: Setup, metrics: dict[str, Any], epochs: int, seconds: floa
                extra: dict[str, Any]) -> dict[str, Any]:
     args = setup.args
     return {
-        "arch": args.arch, "width": setup.width, "macs": setup.macs, "params": setup.params,
+        "arch": args.arch, "width": setup.width, "layout": args.layout, "macs": setup.macs,
+        "params": setup.params,
         "top1": metrics["top1"], "top5": metrics["top5"], "num_classes": setup.num_classes,
         "epochs": epochs, "seconds": seconds, "val_loss": metrics["val_loss"],
         "dense_macs": setup.dense_macs, "dense_params": setup.dense_params,
@@ -461,7 +473,8 @@ def save_checkpoints(setup: Setup, net: nn.Module, progress: Progress, is_best: 
         "training", args.arch, setup.width, setup.num_classes, net.state_dict(),
         shape.unit_kind if shape else None, shape.cfg if shape else None, plain(args),
         progress.metrics, {**states, "epoch": progress.epoch, "best_top1": progress.best_top1,
-                           "best_epoch": progress.best_epoch, "seconds": progress.seconds})
+                           "best_epoch": progress.best_epoch, "seconds": progress.seconds},
+        args.layout)
     save(ckpt, out / "last.pth")
     if is_best:
         save(ckpt, out / "best.pth")

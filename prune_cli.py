@@ -74,7 +74,7 @@ STATE_FILE = "selection_state.pth"
 # Arguments that change what is selected (the evaluator only by float rounding, which can flip a
 # near tie): a resumed run must use the same values.
 SELECTION_ARGS = (
-    "arch", "width", "units", "dataset", "data_path", "image_size", "synthetic_images",
+    "arch", "width", "layout", "units", "dataset", "data_path", "image_size", "synthetic_images",
     "synthetic_seed", "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size",
     "eval_images", "candidates", "with_replacement", "seed", "finetune_between", "finetune_lr",
     "method", "match_kept", "shortlist", "evaluator", "precision",
@@ -87,7 +87,8 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         description=f"Prune {family.title} by layer-wise greedy forward selection "
                     "(Ye et al., 2020).", formatter_class=HelpFormatter)
-    add_shared_arguments(p, family.title, family.has_width, f"runs/{arch}_prune")
+    add_shared_arguments(p, family.title, family.has_width, family.layout_names,
+                         f"runs/{arch}_prune")
     p.set_defaults(arch=arch)
     p.add_argument("--pretrained", default="",
                    help="weights to prune: a torchvision enum name (IMAGENET1K_V1) or a file "
@@ -145,6 +146,7 @@ def check_args(args: argparse.Namespace) -> None:
         family.check_width(args.width)
     except ValueError as error:
         raise UsageError(str(error)) from None
+    args.layout = args.layout or models.default_layout(args.arch, args.dataset)
     check_shared(args, distributed.world_from_env())
     if not args.epsilon > 0:
         raise UsageError(f"--epsilon must be > 0, got {args.epsilon}")
@@ -291,8 +293,9 @@ def read_state(path: Path | None, args: argparse.Namespace) -> Checkpoint | None
 def check_pretrained(args: argparse.Namespace) -> None:
     """Weights of another architecture or width are refused before any data is scanned."""
     if args.pretrained:
-        checked = models.build(args.arch, args.width)
-        load_pretrained(checked, args.arch, args.pretrained, allow_head_mismatch=True)
+        checked = models.build(args.arch, args.width, layout=args.layout)
+        load_pretrained(checked, args.arch, args.pretrained, allow_head_mismatch=True,
+                        layout=args.layout)
         require_finite_parameters(checked, f"--pretrained {args.pretrained}")
 
 
@@ -334,8 +337,9 @@ def setup(args: argparse.Namespace, world: distributed.World) -> Job:
     start = time.time()
     seed_everything(args.seed)
     train_set, num_classes, image_size, eval_batches = load_data(args)
-    model = models.build(args.arch, args.width, num_classes)
-    log.say(load_pretrained(model, args.arch, args.pretrained) if args.pretrained else
+    model = models.build(args.arch, args.width, num_classes, args.layout)
+    log.say(load_pretrained(model, args.arch, args.pretrained, layout=args.layout)
+            if args.pretrained else
             "no --pretrained given: pruning a randomly initialized network (a smoke test only)")
     model.to(args.device).eval()
     units = models.prunable_units(args.arch, model, args.units)
@@ -444,7 +448,7 @@ class SelectionProgress:
                    metrics: dict, state: dict) -> Checkpoint:
         job = self.job
         return Checkpoint(kind, job.args.arch, job.args.width, job.num_classes, state_dict,
-                          job.args.units, cfg, args, metrics, state)
+                          job.args.units, cfg, args, metrics, state, job.args.layout)
 
 
 def select(job: Job, progress: SelectionProgress) -> dict[str, torch.Tensor]:
@@ -493,10 +497,11 @@ def summarize(job: Job, counts: dict, network: nn.Module, kept: dict, verificati
     slim_loss, slim_top1 = loss_and_top1(network, job.eval_batches)
     require_finite(slim_loss, "the pruned network's loss on the evaluation subset")
     dense_macs, dense_params = macs_and_params(
-        models.build(args.arch, args.width, job.num_classes), job.image_size)
+        models.build(args.arch, args.width, job.num_classes, args.layout), job.image_size)
     macs, params = macs_and_params(network, job.image_size)
     return {
-        "arch": args.arch, "width": args.width, "units": args.units, "method": args.method,
+        "arch": args.arch, "width": args.width, "layout": args.layout, "units": args.units,
+        "method": args.method,
         "dataset": args.dataset, "num_classes": job.num_classes, "image_size": job.image_size,
         "macs": macs, "params": params, "dense_macs": dense_macs, "dense_params": dense_params,
         "kept": {u.name: f"{int((counts[u.name] > 0).sum())}/{u.size}" for u in units},

@@ -11,19 +11,30 @@ from collections.abc import Callable
 from torch import nn
 
 from models import mobilenet_v2, resnet34  # noqa: F401  (they register themselves)
-from models.registry import Architecture, get, names, register
+from models.registry import DEFAULT_LAYOUT, Architecture, get, names, register
 from pruning.checkpoint import Checkpoint, read, rebuild
 from pruning.units import Unit, UnitSplit
 
-__all__ = ["Architecture", "build", "get", "load_model", "load_pruned", "names",
-           "prunable_units", "register", "splitter"]
+__all__ = ["DEFAULT_LAYOUT", "Architecture", "build", "default_layout", "get", "load_model",
+           "load_pruned", "names", "prunable_units", "register", "splitter"]
 
 
-def build(arch: str, width: float = 1.0, num_classes: int = 1000) -> nn.Module:
-    """A full-width network of the family ``arch`` with random initialization."""
+def build(arch: str, width: float = 1.0, num_classes: int = 1000,
+          layout: str = DEFAULT_LAYOUT) -> nn.Module:
+    """A full-width network of the family ``arch`` in ``layout``, randomly initialized."""
     family = get(arch)
     family.check_width(width)
-    return family.build(width, num_classes)
+    family.check_layout(layout)
+    model = family.build(width, num_classes)
+    if layout != DEFAULT_LAYOUT:
+        family.layouts[layout](model)
+    return model
+
+
+def default_layout(arch: str, dataset: str) -> str:
+    """The layout a dataset's images call for: ``cifar`` for CIFAR-10 where the family has one
+    (32 px images shrink to 1x1 in the ImageNet stems), else the family's own."""
+    return "cifar" if dataset == "cifar10" and "cifar" in get(arch).layouts else DEFAULT_LAYOUT
 
 
 def prunable_units(arch: str, model: nn.Module, kind: str | None = None) -> list[Unit]:
@@ -62,7 +73,7 @@ def load_model(ckpt: Checkpoint, slim: bool = True) -> nn.Module:
     from pruning.slim import slim_model
 
     def full() -> nn.Module:
-        return build(ckpt.arch, ckpt.width, ckpt.num_classes)
+        return build(ckpt.arch, ckpt.width, ckpt.num_classes, ckpt.layout)
 
     def units(model: nn.Module) -> list[Unit]:
         return prunable_units(ckpt.arch, model, ckpt.unit_kind)

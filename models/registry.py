@@ -19,6 +19,10 @@ from torch import nn
 from pruning.units import Unit, UnitSplit
 
 
+#: The layout every family's ``build`` makes (torchvision's ImageNet stems for the two families).
+DEFAULT_LAYOUT = "imagenet"
+
+
 def _pytorch_default(linear: nn.Linear) -> None:
     linear.reset_parameters()
 
@@ -50,6 +54,9 @@ class Architecture:
             messages about files of another width.
         script: the prefix of the family's command-line scripts (``mobile2`` for
             ``mobile2_prune.py`` / ``mobile2_finetune.py``).
+        layouts: input layouts besides the one ``build`` makes (``"imagenet"``): name -> a
+            function that adapts a freshly built network in place (the CIFAR layouts change the
+            stem, Wolfe et al. Section 6.2); units, splits and slimming see the adapted network.
     """
 
     name: str
@@ -67,6 +74,7 @@ class Architecture:
                         tuple[dict[str, torch.Tensor], str] | None] | None = None
     infer_width: Callable[[Mapping[str, torch.Tensor]], float | None] | None = None
     script: str | None = None
+    layouts: Mapping[str, Callable[[nn.Module], None]] = field(default_factory=dict)
 
     @property
     def default_units(self) -> str:
@@ -76,6 +84,15 @@ class Architecture:
     def has_width(self) -> bool:
         """Whether the family has a width multiplier (and its scripts a ``--width`` flag)."""
         return len(self.widths) > 1
+
+    @property
+    def layout_names(self) -> tuple[str, ...]:
+        return (DEFAULT_LAYOUT, *self.layouts)
+
+    def check_layout(self, layout: str) -> None:
+        if layout not in self.layout_names:
+            raise ValueError(f"--layout: {self.title} has the layouts {self.layout_names}, got "
+                             f"{layout!r}")
 
     def check_width(self, width: float) -> None:
         if width not in self.widths:

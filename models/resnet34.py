@@ -73,9 +73,19 @@ def split(model: nn.Module, unit: Unit) -> UnitSplit:
     return UnitSplit(prefix, hidden, block.conv2, tail, lambda z: run(z, index))
 
 
+def cifar_layout(model: nn.Module) -> None:
+    """The CIFAR layout (He et al., 2016, Section 4.2; pytorch-cifar, which Wolfe et al. follow):
+    a 3x3 stride-1 stem without max-pooling, so a 32 px image reaches the last stage at 4x4
+    instead of 1x1 (1.16G MACs at 32 px instead of 75.1M). The new stem is drawn as torchvision
+    draws its convolutions (Kaiming normal, fan_out)."""
+    model.conv1 = nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False)
+    nn.init.kaiming_normal_(model.conv1.weight, mode="fan_out", nonlinearity="relu")
+    model.maxpool = nn.Identity()
+
+
 ARCHITECTURE = register(Architecture(
     name="resnet34", title="ResNet34", build=build, units=units, unit_kinds=UNIT_KINDS,
     split=split, head_keys=("fc.weight", "fc.bias"),
     recipe={"lr": 2.5e-4, "lr_schedule": "constant"}, torchvision_weights="resnet34",
-    script="resnet34",
+    script="resnet34", layouts={"cifar": cifar_layout},
 ))

@@ -72,6 +72,7 @@ def load_pretrained(
     *,
     allow_head_mismatch: bool = False,
     progress: bool = False,
+    layout: str | None = None,
 ) -> str:
     """Copy pretrained weights into ``model`` (in place) and describe what was loaded.
 
@@ -88,6 +89,9 @@ def load_pretrained(
             differs, e.g. to fine-tune ImageNet weights on a 10-class dataset; the model keeps
             its own initialisation there, and the returned text says so.
         progress: show torch.hub's download progress bar.
+        layout: the model's input layout; a checkpoint of this repository that records another
+            one is refused (MobileNetV2's CIFAR layout has the ImageNet layout's shapes, so the
+            shape check alone would let it through).
 
     Returns:
         A one-line human description, e.g. for logs and run summaries.
@@ -102,7 +106,7 @@ def load_pretrained(
     family = get(arch)
     path = Path(spec).expanduser()
     if path.is_file():
-        state, source = load_state_dict_file(path)
+        state, source = load_state_dict_file(path, layout)
         mapped = family.map_state(state) if family.map_state is not None else None
         if mapped is not None:
             state, source = mapped[0], f"{mapped[1]} {path}"
@@ -128,8 +132,10 @@ def load_pretrained(
 # ----------------------------------------------------------------------------------------------
 
 
-def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], str]:
-    """Read a checkpoint on the CPU and return ``(state_dict, where in the file it was)``.
+def load_state_dict_file(path: str | Path,
+                         layout: str | None = None) -> tuple[dict[str, torch.Tensor], str]:
+    """Read a checkpoint on the CPU and return ``(state_dict, where in the file it was)``;
+    a checkpoint of this repository whose recorded layout is not ``layout`` is refused.
 
     Unwraps ``{'state_dict': ...}``-style checkpoints and strips ``module.`` / ``_orig_mod.``
     prefixes. Loads with ``weights_only=True`` so that a file cannot run code when unpickled;
@@ -145,6 +151,10 @@ def load_state_dict_file(path: str | Path) -> tuple[dict[str, torch.Tensor], str
             "If it holds Python objects besides tensors, re-save just its state_dict: "
             "torch.save(checkpoint['state_dict'], 'weights.pth')"
         ) from error
+    recorded = obj.get("layout") if isinstance(obj, Mapping) and "arch" in obj else None
+    if layout is not None and recorded is not None and recorded != layout:
+        raise ValueError(f"{path} holds a network of the {recorded} layout; this run builds the "
+                         f"{layout} layout (--layout {recorded} to continue from it)")
     if isinstance(obj, Mapping) and obj.get("cfg") is not None and "arch" in obj:
         raise ValueError(
             f"{path} is a pruned checkpoint (a slim {obj['arch']} and the cfg of its kept "

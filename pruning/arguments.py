@@ -51,8 +51,9 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def add_shared_arguments(parser: argparse.ArgumentParser, title: str, has_width: bool,
-                         output_dir: str) -> None:
-    """The flags of every script: data, width, run folder, device, seed, workers, progress."""
+                         layouts: tuple[str, ...], output_dir: str) -> None:
+    """The flags of every script: data, width, layout, run folder, device, seed, workers,
+    progress (``title``, ``has_width``, ``layouts``: the architecture's, from ``models``)."""
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", choices=data.DATASETS, default="imagenet", help="dataset")
     d.add_argument("--data-path", help="dataset root (train/ and val/ folders, or CIFAR batches)")
@@ -66,10 +67,15 @@ def add_shared_arguments(parser: argparse.ArgumentParser, title: str, has_width:
     d.add_argument("--eval-batch-size", type=int, default=256, help="evaluation batch per process")
     d.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
                    help="DataLoader worker processes per process")
+    m = parser.add_argument_group("model")
     if has_width:
-        parser.add_argument("--width", type=finite_float, default=None,
-                            help=f"{title} width multiplier (default 1.0; a pruned checkpoint "
-                                 "has its own)")
+        m.add_argument("--width", type=finite_float, default=None,
+                       help=f"{title} width multiplier (default 1.0; a pruned checkpoint has its "
+                            "own)")
+    m.add_argument("--layout", choices=layouts,
+                   help="input layout: imagenet (torchvision's stems) or cifar (a stride-1 stem "
+                        "for 32 px images, Wolfe et al. Section 6.2) (default: cifar on "
+                        "cifar10, imagenet otherwise)")
     r = parser.add_argument_group("run")
     r.add_argument("--output-dir", default=output_dir,
                    help="the run folder: checkpoints, summary.json, tb/")

@@ -1,7 +1,8 @@
 """One checkpoint schema for every file the scripts write: plain data, written atomically.
 
 A ``Checkpoint`` is what nanoGPT's checkpoints are: the constructor arguments of the network
-(architecture name, width, classes, and for a pruned network the *cfg* of its kept channels) and
+(architecture name, width, classes, input layout, and for a pruned network the *cfg* of its kept
+channels) and
 its state_dict, so the network is rebuilt from the file without the code that made it, and a file
 of another architecture fails loudly on shapes rather than silently. Its ``kind`` says what the
 weights are and what else the file carries:
@@ -69,6 +70,7 @@ class Checkpoint:
     args: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     state: dict = field(default_factory=dict)
+    layout: str = "imagenet"
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:

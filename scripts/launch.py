@@ -213,6 +213,7 @@ class Context:
         self.dry_run = args.dry_run
         self.nproc = args.nproc_per_node
         self.dataset = "synthetic" if args.smoke else dataset
+        self.paper_dataset = dataset
         self.data_path = args.data_path or "DATA_PATH"
         self.runs = args.runs_dir or Path("runs/smoke" if args.smoke else "runs")
         self.in_process = args.smoke  # see the module docstring
@@ -224,13 +225,19 @@ class Context:
 
     # -- steps ----------------------------------------------------------------------------------
 
+    def layout_args(self, arch: str) -> list[str]:
+        """``--layout`` of the paper's dataset where the data run has another default: a
+        --smoke run of a CIFAR-10 table trains the CIFAR layout on synthetic images."""
+        layout = models.default_layout(arch, self.paper_dataset)
+        return [] if layout == models.default_layout(arch, self.dataset) else ["--layout", layout]
+
     def data_args(self, arch: str, train: bool) -> list[str]:
         device = ["--device", self.device] if self.device else []
         if not self.smoke:
             return ["--dataset", self.dataset, "--data-path", self.data_path, *device]
         args = ["--dataset", "synthetic", "--synthetic-images", "256",
                 "--image-size", str(SMOKE_IMAGE_SIZE.get(arch, 32)),
-                "--workers", "0", "--no-progress", *device]
+                "--workers", "0", "--no-progress", *self.layout_args(arch), *device]
         return [*args, "--synthetic-val-images", "128"] if train else args
 
     @property
@@ -356,6 +363,7 @@ def smoke_dense_step(ctx: Context, arch: str, width: float) -> Step:
     that their pruning starts from trained weights (a few epochs: only a little above chance)."""
     extra = width_args(arch, width)
     name = f"{arch}-w{width}" if extra else arch
+    name += "".join(f"-{layout}" for layout in ctx.layout_args(arch)[1:])
     return ctx.train(arch, ctx.runs / "dense" / name, *extra, "--epochs", "3", "--lr", "0.01",
                      "--lr-schedule", "cosine")
 

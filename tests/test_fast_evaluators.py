@@ -23,7 +23,7 @@ from pruning.stop import MaxFraction
 RTOL = 1e-5
 
 
-def make_model(arch: str, seed: int = 0) -> nn.Module:
+def make_model(arch: str, seed: int = 0, layout: str = "imagenet") -> nn.Module:
     """A randomized network in which every unit's channels clearly change the loss.
 
     With plain random initialization the signal of early channels fades (candidate losses alike
@@ -33,7 +33,7 @@ def make_model(arch: str, seed: int = 0) -> nn.Module:
     residual branches are damped so that the stream does not explode.
     """
     torch.manual_seed(seed)
-    model = models.build(arch, 0.5 if arch == "mobilenet_v2" else 1.0, num_classes=10)
+    model = models.build(arch, 0.5 if arch == "mobilenet_v2" else 1.0, 10, layout)
     generator = torch.Generator().manual_seed(seed)
     for name, m in model.named_modules():
         if isinstance(m, nn.BatchNorm2d):
