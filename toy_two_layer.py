@@ -17,27 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from pruning.arguments import positive_int
 from pruning.two_layer.experiments import run
 from pruning.two_layer.settings import Settings, quick_settings
-
-
-def _positive_int(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be >= 1, got {value}")
-        return value
-
-    return parse
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,9 +35,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help="small pre-training sweep and 2 seeds by default (for the tests)")
     p.add_argument("--seed", type=int, default=0, help="first seed")
-    p.add_argument("--seeds", type=_positive_int("--seeds"), default=None,
+    p.add_argument("--seeds", type=positive_int, default=None,
                    help="number of seeds seed, seed+1, ... (default 5, or 2 with --quick)")
-    p.add_argument("--workers", type=_positive_int("--workers"), default=Settings.workers,
+    p.add_argument("--workers", type=positive_int, default=Settings.workers,
                    help="processes V for the distributed selection (Algorithm 3) check")
     args = p.parse_args(argv)
     if args.workers > Settings.N:

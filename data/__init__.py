@@ -10,6 +10,8 @@ Public API (one concept per module):
   greedy selection draws from.
 - :func:`make_loader` / :func:`make_infinite_loader` (``loaders``): DataLoaders wired to the above.
 - :func:`verify_images` (``folders``): an optional pre-scan of an image folder for corrupt files.
+- :func:`load_mnist` (``mnist``): MNIST's IDX files from a local folder, parsed and checked
+  without unpickling (Wolfe et al.'s two-layer experiment).
 - :class:`DataError` (``errors``): raised for bad input; scripts print its message and exit.
 
 CIFAR-10's pickled batches are read by a restricted unpickler (``cifar``) that refuses to run
@@ -20,6 +22,7 @@ from .build import DATASETS, SPLITS, build_dataset, default_image_size
 from .errors import DataError
 from .folders import verify_images
 from .loaders import make_infinite_loader, make_loader, set_epoch
+from .mnist import load_mnist
 from .samplers import InfiniteBatchSampler
 from .subsets import class_balanced_subset, get_targets
 from .synthetic import SyntheticPatterns
@@ -48,6 +51,7 @@ __all__ = [
     "default_image_size",
     "get_targets",
     "imagenet_transform",
+    "load_mnist",
     "make_infinite_loader",
     "make_loader",
     "set_epoch",

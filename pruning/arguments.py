@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 
-import data
 from pruning import distributed
 
 
@@ -25,6 +24,17 @@ class UsageError(ValueError):
 def flag(name: str) -> str:
     """``'batch_size'`` -> ``'--batch-size'``, for messages."""
     return "--" + name.replace("_", "-")
+
+
+def positive_int(text: str) -> int:
+    """An integer argument that must be >= 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def finite_float(text: str) -> float:
@@ -54,6 +64,8 @@ def add_shared_arguments(parser: argparse.ArgumentParser, title: str, has_width:
                          layouts: tuple[str, ...], output_dir: str) -> None:
     """The flags of every script: data, width, layout, run folder, device, seed, workers,
     progress (``title``, ``has_width``, ``layouts``: the architecture's, from ``models``)."""
+    import data  # here, not at the top: the two-layer experiments use this module without it
+
     d = parser.add_argument_group("data")
     d.add_argument("--dataset", choices=data.DATASETS, default="imagenet", help="dataset")
     d.add_argument("--data-path", help="dataset root (train/ and val/ folders, or CIFAR batches)")

@@ -23,14 +23,6 @@ from tests.test_fast_evaluators import (RTOL, assert_same_selection, batch, make
 CIFAR = [("mobilenet_v2", "hidden+outputs"), ("resnet34", "inner")]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_macs_at_32_px_are_the_usual_cifar_networks():
     """ptflops (pytorch backend) at 32 px: the CIFAR layouts keep 4x4 maps in the last stage,
     the ImageNet layouts shrink the image to 1x1 (the numbers the issue measured)."""
