@@ -31,6 +31,10 @@ Why it is built this way:
   (and the smoke runs' sizes) are tables keyed by that name.
 """
 
+# Why this module is longer than 400 lines: it is everything the five table launchers share (steps,
+# their resumable running, the smoke mode, the epsilon sweep and the table helpers), so that each
+# launcher is a short list of its runs.
+
 from __future__ import annotations
 
 import argparse
