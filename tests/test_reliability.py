@@ -194,6 +194,12 @@ def test_an_interrupted_save_leaves_the_old_file_and_no_temporary_file(tmp_path,
     assert [p.name for p in tmp_path.iterdir()] == ["state.pth"]
 
 
+def _default_sigint() -> None:
+    """A shell starts background jobs with SIGINT ignored, and Python keeps an ignored SIGINT
+    ignored: the child must get the default disposition, as from a terminal, to test Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_prints_one_line_and_leaves_no_temporary_file(tmp_path):
     out = tmp_path / "run"
     # every channel of every unit: a run long enough (tens of seconds) that a test process
@@ -201,7 +207,8 @@ def test_ctrl_c_prints_one_line_and_leaves_no_temporary_file(tmp_path):
     process = subprocess.Popen([sys.executable, str(ROOT / "mobile2_prune.py"),
                                 *tiny(out, "--width", "0.5", "--stop", "fraction",
                                       "--keep-fraction", "1.0")],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=_default_sigint)
     for line in process.stdout:
         if "kept" in line:  # the first unit is done: interrupt once it is saved
             deadline = time.time() + 60
