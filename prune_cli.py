@@ -58,6 +58,7 @@ from pruning.distributed_select import CandidatePartition, RankZeroStop, sync_mo
 from pruning.evaluators import CandidateEvaluator, PlainEvaluator, require
 from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
 from pruning.flops import macs_and_params
+from pruning.latency import measure_latency
 from pruning.masks import Masks
 from pruning.metrics import SubsetMeasure, loss_and_top1
 from pruning.precision import CANDIDATE_PRECISIONS, exact_float32, runtime_record
@@ -514,6 +515,9 @@ def summarize(job: Job, counts: dict, network: nn.Module, kept: dict, verificati
         **verification,
         "eval_images": sum(len(y) for _, y in job.eval_batches),
         "batches_drawn": job.batches.drawn, "seconds": seconds,
+        # dense vs slim forward time on this device, batch 1 and the selection batch
+        "latency": measure_latency(job.model, network, job.image_size, (1, args.batch_size),
+                                   args.device),
         "device": str(args.device), **runtime_record(args.device, args.precision),
         "args": {k: str(v) for k, v in vars(args).items()},
     }

@@ -12,9 +12,14 @@ share the class patterns. An image of class ``c`` is that pattern, randomly tran
 (circularly) and scaled in contrast, mixed with a weaker copy of another class's pattern and
 covered in white and smooth noise. Everything about image ``index`` of a split is drawn from a
 generator seeded with ``(seed, split, index)``: the same image comes back in every worker, rank
-and run, and the two splits hold different images. Train-time augmentation (random shift and
-horizontal flip) uses torch's global RNG, like torchvision's random transforms, so it differs per
-epoch and follows ``torch.manual_seed`` / the DataLoader's worker seeding.
+and run, and the two splits hold different images. Train-time augmentation (a random circular
+shift) uses torch's global RNG, like torchvision's random transforms, so it differs per epoch and
+follows ``torch.manual_seed`` / the DataLoader's worker seeding.
+
+No horizontal flip: a class is an *oriented* texture, and its mirror image is a texture no
+validation image shows (a grating at angle a becomes one at pi - a), so flipping taught the
+networks a second, useless version of every class. Measured (MobileNetV2 x0.5, CIFAR layout,
+16 px, 2000 images, 8 epochs, noise 1.5): 30% validation top-1 with flips, 61% without.
 
 Labels are ``index % num_classes``: every split is class balanced by construction.
 """
@@ -39,10 +44,14 @@ class SyntheticPatterns(Dataset):
     torchvision's datasets.
 
     ``noise`` is the standard deviation of the white and of the smooth noise, each relative to
-    the unit-variance class pattern: it sets the difficulty. With the default 1.5 and 10
-    classes, a two-conv net (16 and 32 channels) reaches about 0.8 val accuracy in 300 steps of
-    batch 32 and 0.96 after 3000 steps of batch 64 on 5000 images: learnable, yet not
-    saturated (see tests/test_data_synthetic.py); 0 gives clean, easy images.
+    the unit-variance class pattern: it sets the difficulty. With the default 1.3 and 10
+    classes, a two-conv net (16 and 32 channels) reaches 0.90-0.94 val accuracy in 300 steps of
+    batch 32 (data and model seeds 0-3) and 0.994 after 3000 steps of batch 64 on 5000 images,
+    and keeping one channel in four of its second layer drops it to 0.36-0.55: learnable, and
+    pruning hurts (see tests/test_data_synthetic.py); 0 gives clean, easy images. The default
+    was 1.5 until ``scripts/pipeline.py`` needed MobileNetV2 and ResNet34 trained to 90%
+    held-out top-1 in a few CPU minutes: with 1.5 (and no flips), ResNet34 (ImageNet layout,
+    32 px, 2000 images) reached 80% in 8 epochs; with 1.25, 98.6%.
     """
 
     def __init__(
@@ -53,7 +62,7 @@ class SyntheticPatterns(Dataset):
         split: str = "train",
         seed: int = 0,
         augment: bool | None = None,
-        noise: float = 1.5,
+        noise: float = 1.3,
     ) -> None:
         if split not in _SPLIT_STREAMS:
             raise ValueError(f"split {split!r}: must be one of {sorted(_SPLIT_STREAMS)}")
@@ -169,11 +178,8 @@ def _class_patterns(num_classes: int, size: int, seed: int) -> torch.Tensor:
 
 
 def _augment(image: torch.Tensor) -> torch.Tensor:
-    """Random circular shift by up to 1/8 of the size and a random horizontal flip."""
+    """Random circular shift by up to 1/8 of the size (no flip: see the module docstring)."""
     size = image.shape[-1]
     max_shift = max(1, size // 8)
     dy, dx = torch.randint(-max_shift, max_shift + 1, (2,)).tolist()
-    image = torch.roll(image, shifts=(dy, dx), dims=(1, 2))
-    if torch.rand(()) < 0.5:
-        image = image.flip(-1)
-    return image
+    return torch.roll(image, shifts=(dy, dx), dims=(1, 2))

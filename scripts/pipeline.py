@@ -1,0 +1,492 @@
+"""The method working end to end on a CPU: train, prune, compare, fine-tune, re-train, time.
+
+    make pipeline                              # = .venv/bin/python scripts/pipeline.py
+    python scripts/pipeline.py --quick --out /tmp/p   # tiny sizes (the test)
+
+For MobileNetV2 and ResNet34 on the synthetic dataset (``data/synthetic.py``) it runs the real
+scripts, in this order, under ``<out>/<arch>/``:
+
+1. ``dense/``: dense training from a random initialization (``*_finetune.py``), until the
+   network is well trained (held-out top-1 of 90% or more at the full size);
+2. ``prune-greedy/``: greedy forward selection with the paper's loss-gap rule
+   (``*_prune.py --stop loss_gap --epsilon E``);
+3. ``prune-magnitude/``, ``prune-random/``, ``prune-uniform/``: the baselines at exactly the greedy
+   run's kept channel counts (``--method M --match-kept prune-greedy/pruned.pth``);
+4. ``eval-<method>/``: each pruned network on the held-out images before any fine-tuning
+   (``*_finetune.py --pruned ... --evaluate-only``);
+5. ``finetune-<method>/``: a short fine-tune of each;
+6. ``scratch-greedy/``: the greedy architecture re-trained from a new random initialization for
+   Liu et al.'s Scratch-B budget (``--from-scratch --scratch-max-factor 2``, the paper's
+   Table 2);
+
+then writes ``<out>/table.md``, ``<out>/table.json`` and ``<out>/pipeline.png`` (MACs vs
+held-out top-1, before and after fine-tuning, one marker per method) from the runs'
+``summary.json`` files. Every prune run also times the dense and the slim network's forward pass
+(``summary.json``'s ``latency``, ``pruning/latency.py``); the table shows the speed-ups.
+
+Why it is built this way:
+
+* **Two processes, one thread each.** The two networks' pipelines are independent; each runs in
+  its own process with one intra-op thread (``--jobs``, ``--threads``), which uses both cores of
+  the 2-core machine it was sized for. One thread per process is also what keeps CPU times
+  stable on a shared machine (``ENVIRONMENT.md``): with two threads, a quick MobileNetV2 epoch
+  took 72 s instead of 2 s while another process used a core. Inside a process the steps run
+  in-process (``runpy``, as ``scripts/launch.py`` runs ``--smoke`` steps) to save the Python and
+  torch start-up.
+* **Re-runnable.** A step is done when its ``summary.json`` exists and is skipped on a re-run;
+  every step gets ``--resume``, so an interrupted prune or training continues where it stopped
+  (``scripts/launch.py``'s ``Step``). ``<out>`` holding an earlier run is refused unless
+  ``--resume`` (continue it) or ``--overwrite`` (delete it and start again) is given; a finished
+  step made with other sizes is refused rather than reused.
+* **The sizes** (``SIZES``) were chosen so that the whole pipeline takes under 15 minutes on the
+  2-core machine of ``ENVIRONMENT.md`` while the dense networks are well trained; they are
+  printed, and stored in ``table.json``. ``--quick`` uses tiny ones (the test).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for path in (ROOT, ROOT / "scripts"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+import launch  # noqa: E402
+from launch import Step, StepFailed  # noqa: E402
+
+ARCHS = ("mobilenet_v2", "resnet34")
+METHODS = ("greedy", "magnitude", "random", "uniform")
+TITLES = {"mobilenet_v2": "MobileNetV2", "resnet34": "ResNet34"}
+#: Environment of the worker processes: glibc keeps freed activation buffers instead of handing
+#: them back to the OS after every forward (ENVIRONMENT.md: 3.7x on a MobileNetV2 forward).
+MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """Everything that sets the size of one network's pipeline."""
+
+    width: float | None  # None: the family has no width multiplier
+    layout: str
+    image_size: int
+    train_images: int
+    val_images: int
+    batch_size: int  # training batch (dense, fine-tune, scratch)
+    dense_epochs: int
+    dense_lr: float
+    epsilon: float  # the loss-gap rule
+    candidates: int  # candidates scored per greedy step (a random subset)
+    select_batch: int  # mini-batch per greedy step
+    eval_images: int  # the stop rule's fixed subset of training images
+    finetune_epochs: int
+    finetune_lr: float
+    scratch_lr: float
+    scratch_max_factor: float = 2.0
+
+    def describe(self) -> str:
+        width = f"width {self.width}, " if self.width is not None else ""
+        return (f"{width}{self.layout} layout, {self.image_size} px; {self.train_images} training"
+                f" / {self.val_images} held-out images; dense {self.dense_epochs} epochs (batch "
+                f"{self.batch_size}, lr {self.dense_lr} cosine); greedy: epsilon {self.epsilon}, "
+                f"{self.candidates} candidates per step, batch {self.select_batch}, "
+                f"{self.eval_images} images for the stop rule; fine-tune {self.finetune_epochs} "
+                f"epochs (lr {self.finetune_lr} cosine); scratch: {self.finetune_epochs} x "
+                f"min(dense/pruned MACs, {self.scratch_max_factor:g}) epochs (lr "
+                f"{self.scratch_lr} cosine)")
+
+
+#: The full sizes (``make pipeline``). Why these:
+#: * MobileNetV2 x0.5 in the CIFAR layout at 16 px (feature maps 16, 16, 8, 4, 2): 7.7M MACs, so
+#:   a greedy step (candidates and the stop rule's measurement) costs tens of milliseconds.
+#: * ResNet34 in the same layout and size costs 38x more (291M MACs): its greedy selection alone
+#:   took 14 minutes on a busy machine. The ImageNet layout at 32 px (75M MACs, maps 8, 4, 2, 1
+#:   after the stride-4 stem) costs a quarter, and learned far better than the CIFAR layout at
+#:   8 px at the same cost (85% vs 54% held-out after 6 epochs).
+#: * Fine-tuning starts from trained weights at lr 0.005, below the dense training's 0.02 / 0.01;
+#:   re-training from scratch uses the dense training's lr (Liu et al. re-train with the dense
+#:   recipe; a fine-tuning lr is too small for a random initialization).
+#: * Greedy selection keeps about half the channels whatever epsilon is, one step per kept
+#:   channel, so its cost is set by the candidates, batch and stop-rule images per step.
+SIZES = {
+    "mobilenet_v2": Sizes(width=0.5, layout="cifar", image_size=16, train_images=2000,
+                          val_images=1000, batch_size=32, dense_epochs=15, dense_lr=0.02,
+                          epsilon=0.1, candidates=8, select_batch=32, eval_images=128,
+                          finetune_epochs=3, finetune_lr=0.005, scratch_lr=0.02),
+    "resnet34": Sizes(width=None, layout="imagenet", image_size=32, train_images=2000,
+                      val_images=1000, batch_size=32, dense_epochs=8, dense_lr=0.01,
+                      epsilon=0.1, candidates=4, select_batch=32, eval_images=128,
+                      finetune_epochs=2, finetune_lr=0.005, scratch_lr=0.01),
+}
+#: ``--quick``: the same pipeline in miniature, for the test (82 s on the quiet 2-core machine).
+QUICK = {
+    "mobilenet_v2": Sizes(width=0.5, layout="cifar", image_size=16, train_images=800,
+                          val_images=400, batch_size=16, dense_epochs=12, dense_lr=0.02,
+                          epsilon=0.3, candidates=2, select_batch=8, eval_images=32,
+                          finetune_epochs=1, finetune_lr=0.005, scratch_lr=0.02),
+    "resnet34": Sizes(width=None, layout="imagenet", image_size=16, train_images=400,
+                      val_images=200, batch_size=16, dense_epochs=3, dense_lr=0.01,
+                      epsilon=0.3, candidates=2, select_batch=4, eval_images=8,
+                      finetune_epochs=1, finetune_lr=0.005, scratch_lr=0.01),
+}
+
+
+def sizes_of(quick: bool) -> dict[str, Sizes]:
+    return QUICK if quick else SIZES
+
+
+# -- the steps -------------------------------------------------------------------------------------
+
+
+def data_args(s: Sizes, train: bool, seed: int) -> list[str]:
+    args = ["--dataset", "synthetic", "--synthetic-images", str(s.train_images),
+            "--image-size", str(s.image_size), "--layout", s.layout, "--workers", "0",
+            "--device", "cpu", "--no-progress", *(["--seed", str(seed)] if seed else [])]
+    return [*args, "--synthetic-val-images", str(s.val_images)] if train else args
+
+
+def width_args(s: Sizes) -> list[str]:
+    return ["--width", str(s.width)] if s.width is not None else []
+
+
+def steps(arch: str, s: Sizes, out: Path, seed: int = 0) -> dict[str, Step]:
+    """Every step of one network's pipeline, by name, in the order they run; ``seed`` is every
+    step's ``--seed`` (initialization, data order, candidate draws; not the images)."""
+    prune, train = launch.prune_script(arch), launch.train_script(arch)
+    d = out / arch
+    training = ["--batch-size", str(s.batch_size), "--lr-schedule", "cosine"]
+    held_out = data_args(s, True, seed)  # training steps: also the held-out images
+    result = {"dense": Step(train, (*held_out, *width_args(s), *training, "--epochs",
+                                    str(s.dense_epochs), "--lr", str(s.dense_lr)), d / "dense")}
+    selection = [*data_args(s, False, seed), *width_args(s), "--pretrained",
+                 str(d / "dense" / "last.pth"), "--batch-size", str(s.select_batch),
+                 "--eval-images", str(s.eval_images), "--eval-batch-size", str(s.eval_images),
+                 "--candidates", str(s.candidates)]
+    greedy = d / "prune-greedy"
+    for method in METHODS:
+        rule = (["--stop", "loss_gap", "--epsilon", str(s.epsilon)] if method == "greedy" else
+                ["--method", method, "--match-kept", str(greedy / "pruned.pth")])
+        result[f"prune-{method}"] = Step(prune, (*selection, *rule), d / f"prune-{method}")
+    for method in METHODS:
+        pruned = ["--pruned", str(d / f"prune-{method}" / "pruned.pth")]
+        result[f"eval-{method}"] = Step(train, (*held_out, *pruned, "--evaluate-only"),
+                                        d / f"eval-{method}", resumable=False)
+    for method in METHODS:
+        pruned = ["--pruned", str(d / f"prune-{method}" / "pruned.pth")]
+        result[f"finetune-{method}"] = Step(
+            train, (*held_out, *pruned, *training, "--epochs", str(s.finetune_epochs), "--lr",
+                    str(s.finetune_lr)), d / f"finetune-{method}")
+    result["scratch-greedy"] = Step(
+        train, (*held_out, "--pruned", str(greedy / "pruned.pth"), "--from-scratch",
+                "--scratch-max-factor", f"{s.scratch_max_factor:g}", *training, "--epochs",
+                str(s.finetune_epochs), "--lr", str(s.scratch_lr)), d / "scratch-greedy")
+    return result
+
+
+def run_worker(arch: str, args: argparse.Namespace) -> None:
+    """One network's pipeline, every step in this process; step times to ``timings.json``."""
+    import torch  # here, so that the parent process never pays for it
+
+    import torchvision_compat  # noqa: F401
+
+    sizes = sizes_of(args.quick)[arch]
+    print(f"{arch}: {sizes.describe()}; {torch.get_num_threads()} thread(s)", flush=True)
+    path = args.out / arch / "timings.json"
+    timings = json.loads(path.read_text()) if path.exists() else {}
+    for name, step in steps(arch, sizes, args.out, args.seed).items():
+        if step.done():
+            print(f"# done, skipped: {name}", flush=True)
+            continue
+        print(f"$ python {step.script} {' '.join(step.argv)}", flush=True)
+        step.out.mkdir(parents=True, exist_ok=True)
+        (step.out / launch.RECORD).write_text(json.dumps(step.record(), indent=1) + "\n")
+        start = time.perf_counter()
+        launch.run_in_process(step)
+        if not (step.out / launch.SUMMARY).exists():
+            raise StepFailed(f"{step.script} wrote no {step.out / launch.SUMMARY}")
+        timings[name] = time.perf_counter() - start
+        path.write_text(json.dumps(timings, indent=1) + "\n")
+        print(f"# {name}: {timings[name]:.1f} s", flush=True)
+
+
+# -- the parent: run the workers, then the table and the figure --------------------------------
+
+
+def start_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """The run-folder policy of the other scripts: an existing run is refused unless --resume
+    (continue it) or --overwrite (delete it)."""
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise SystemExit(f"error: {out} holds an earlier pipeline run; pass --resume to "
+                             "continue it (finished steps are skipped) or --overwrite to delete "
+                             "it and start again")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def run_workers(args: argparse.Namespace) -> dict[str, float]:
+    """Each network's pipeline in its own process (``--jobs`` at a time), its output in
+    ``<out>/<arch>/log.txt``; returns each one's wall time. A failed worker, or Ctrl-C, stops
+    the others (their finished steps stay; ``--resume`` continues)."""
+    out, jobs = args.out, args.jobs
+    env = {**os.environ, **MALLOC_ENV, "OMP_NUM_THREADS": str(args.threads)}
+    pending, running, walls = list(args.archs), {}, {}
+    try:
+        while pending or running:
+            while pending and len(running) < jobs:
+                arch = pending.pop(0)
+                (out / arch).mkdir(parents=True, exist_ok=True)
+                log = (out / arch / "log.txt").open("a")
+                command = [sys.executable, str(Path(__file__).resolve()), "--worker", arch,
+                           "--out", str(out), "--seed", str(args.seed),
+                           *(["--quick"] if args.quick else [])]
+                print(f"{arch}: started, log in {out / arch / 'log.txt'}", flush=True)
+                running[arch] = (subprocess.Popen(command, env=env, stdout=log,
+                                                  stderr=subprocess.STDOUT), log, time.time())
+            time.sleep(0.5)
+            for arch, (process, log, started) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[arch]
+                walls[arch] = time.time() - started
+                if process.returncode:
+                    tail = (out / arch / "log.txt").read_text().splitlines()[-15:]
+                    raise StepFailed(f"the {arch} pipeline failed (exit {process.returncode}); "
+                                     f"the end of {out / arch / 'log.txt'}:\n" + "\n".join(tail))
+                print(f"{arch}: finished in {walls[arch]:.0f} s", flush=True)
+    finally:
+        for process, log, _ in running.values():
+            process.terminate()
+            process.wait()
+            log.close()
+    return walls
+
+
+def cpu_name() -> str:
+    """The CPU's model name, as the prune runs' latency records give it."""
+    import torch  # here: the parent imports torch only once the workers are done
+
+    from pruning.latency import processor_name
+
+    return processor_name(torch.device("cpu"))
+
+
+def load_average() -> list[float] | None:
+    try:
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    except OSError:
+        return None
+
+
+def collect(arch: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One network's results from its runs' summary.json files."""
+    s, out = sizes_of(args.quick)[arch], args.out
+    st = steps(arch, s, out, args.seed)
+    dense = st["dense"].summary()
+    rows = {}
+    for method in METHODS:
+        prune = st[f"prune-{method}"].summary()
+        before = st[f"eval-{method}"].summary()
+        after = st[f"finetune-{method}"].summary()
+        latency = prune["latency"]
+        rows[method] = {
+            "macs": prune["macs"], "params": prune["params"],
+            "kept_channels": prune["kept_channels"], "total_channels": prune["total_channels"],
+            "top1_before": before["top1"], "top1_after": after["top1"],
+            "best_top1_after": after["best_top1"],
+            "loss_gap_train_subset": prune["loss_pruned"] - prune["loss_dense"],
+            "select_seconds": prune["seconds"], "latency": latency,
+        }
+    scratch = st["scratch-greedy"].summary()
+    timings_path = out / arch / "timings.json"
+    return {
+        "arch": arch, "title": TITLES.get(arch, arch), "sizes": asdict(s),
+        "dense": {"macs": dense["macs"], "params": dense["params"], "top1": dense["top1"],
+                  "best_top1": dense["best_top1"], "epochs": dense["epochs"]},
+        "methods": rows,
+        "scratch": {"top1": scratch["top1"], "best_top1": scratch["best_top1"],
+                    "epochs": scratch["epochs"], "macs": scratch["macs"]},
+        "step_seconds": json.loads(timings_path.read_text()) if timings_path.exists() else {},
+    }
+
+
+def speedup(latency: dict, batch: int) -> str:
+    b = latency["batches"][str(batch)]
+    return f"{b['speedup']:.2f}x ({b['dense_ms']:.1f} -> {b['slim_ms']:.1f} ms)"
+
+
+def step_times(r: dict) -> str:
+    """Where one network's time went, from its worker's ``timings.json``."""
+    t = r["step_seconds"]
+    if not t:
+        return ""
+    groups = [("dense training", ("dense",)), ("greedy selection", ("prune-greedy",)),
+              ("3 baselines", tuple(f"prune-{m}" for m in METHODS[1:])),
+              ("4 evaluations", tuple(f"eval-{m}" for m in METHODS)),
+              ("4 fine-tunes", tuple(f"finetune-{m}" for m in METHODS)),
+              ("scratch", ("scratch-greedy",))]
+    parts = [f"{name} {sum(t.get(k, 0.0) for k in keys):.0f} s" for name, keys in groups]
+    return f"Time: {', '.join(parts)} ({sum(t.values()):.0f} s in all)."
+
+
+def table_markdown(results: list[dict], meta: dict) -> str:
+    lines = []
+    for r in results:
+        s, d = r["sizes"], r["dense"]
+        lat = r["methods"]["greedy"]["latency"]
+        lines += [f"### {r['title']}", "", Sizes(**s).describe() + ".", ""]
+        header = ["method", "kept channels", "MACs", "params", "top-1 before fine-tuning",
+                  f"top-1 after fine-tuning ({s['finetune_epochs']} ep)",
+                  "speed-up, batch 1", f"speed-up, batch {s['select_batch']}"]
+        rows = [["dense", "all", launch.macs(d["macs"]), launch.params(d["params"]),
+                 launch.pct(d["top1"]), "—", "1", "1"]]
+        for method, m in r["methods"].items():
+            rows.append([method, f"{m['kept_channels']}/{m['total_channels']}",
+                         launch.macs(m["macs"]), launch.params(m["params"]),
+                         launch.pct(m["top1_before"]), launch.pct(m["top1_after"]),
+                         speedup(m["latency"], 1), speedup(m["latency"], s["select_batch"])])
+        greedy, sc = r["methods"]["greedy"], r["scratch"]
+        rows.append([f"greedy's architecture from scratch (Scratch-B: {sc['epochs']} ep)",
+                     f"{greedy['kept_channels']}/{greedy['total_channels']}",
+                     launch.macs(sc["macs"]), launch.params(greedy["params"]), "—",
+                     launch.pct(sc["top1"]), "—", "—"])
+        lines += [launch.markdown(header, rows), ""]
+        lines += [f"Top-1: percent of {s['val_images']} held-out images (the fine-tune script's "
+                  f"validation split) at the end of training (dense: {d['epochs']} epochs). "
+                  f"Speed-up: median dense / slim forward time per batch "
+                  f"({lat['precision']}, {lat['mode']}) on {lat['device_name']}, "
+                  f"{lat['threads']} thread(s), measured by each prune run "
+                  "(`summary.json`'s `latency`). " + step_times(r), ""]
+    load = meta.get("load_before") or ["?"] * 3, meta.get("load_after") or ["?"] * 3
+    calls = f" in {meta['invocations']} calls (--resume)" if meta.get("invocations", 1) > 1 else ""
+    lines += [f"`{meta['command']}`: {meta['wall_seconds'] / 60:.1f} min{calls} on {meta['cpu']} "
+              f"({meta['cpus']} cores; the networks in {meta['jobs']} processes of "
+              f"{meta['threads']} thread(s) at once); 1-minute load average "
+              f"{load[0][0]} before, {load[1][0]} after; torch {meta['torch']}.", ""]
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: Path) -> None:
+    """MACs vs held-out top-1 per network: hollow markers before fine-tuning, filled after,
+    an arrow between them. The methods prune to the same MACs (``--match-kept``), so they are
+    drawn side by side around that value, each at its own small offset."""
+    from matplotlib.figure import Figure
+
+    style = {"greedy": ("o", "tab:blue"), "magnitude": ("s", "tab:orange"),
+             "random": ("^", "tab:green"), "uniform": ("D", "tab:purple")}
+    fig = Figure(figsize=(5.6 * len(results), 4.4), layout="constrained")
+    axes = fig.subplots(1, len(results), squeeze=False)[0]
+    for ax, r in zip(axes, results):
+        dense = r["dense"]
+        dodge = 0.025 * dense["macs"] / 1e6
+        ax.axhline(dense["top1"], color="gray", lw=0.8, ls=":")
+        ax.plot(dense["macs"] / 1e6, dense["top1"], "*", color="black", ms=13, label="dense")
+        for i, (method, m) in enumerate(r["methods"].items()):
+            marker, color = style[method]
+            x = m["macs"] / 1e6 + (i - 1.5) * dodge
+            ax.plot(x, m["top1_before"], marker, mfc="none", mec=color, mew=1.5, ms=9,
+                    label=f"{method}, pruned")
+            ax.plot(x, m["top1_after"], marker, color=color, ms=8,
+                    label=f"{method}, fine-tuned")
+            ax.annotate("", (x, m["top1_after"]), (x, m["top1_before"]),
+                        arrowprops={"arrowstyle": "->", "color": color, "lw": 0.8,
+                                    "alpha": 0.7})
+        sc = r["scratch"]
+        ax.plot(sc["macs"] / 1e6 + 2.5 * dodge, sc["top1"], "x", color="tab:red", ms=9, mew=2,
+                label="greedy's arch., from scratch")
+        ax.set_title(f"{r['title']} (synthetic, {r['sizes']['image_size']} px): pruned to "
+                     f"{r['methods']['greedy']['macs'] / dense['macs']:.0%} of the MACs",
+                     fontsize=10)
+        ax.set_xlabel("MACs (millions; the pruned networks, equal in MACs, drawn side by side)",
+                      fontsize=8)
+        ax.set_ylabel("held-out top-1 (%)")
+        ax.set_ylim(0, 102)
+        ax.grid(alpha=0.3)
+    axes[-1].legend(fontsize=7, loc="lower right")
+    fig.savefig(path, dpi=110)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=launch.HelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="output folder")
+    p.add_argument("--quick", action="store_true", help="tiny sizes (the test; a minute or two)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an earlier run in --out (finished steps are skipped)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete an earlier run in --out and start again")
+    p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS),
+                   help="which networks")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="networks run at once, each in its own process (default: all of them)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="intra-op threads per process: one is the fastest use of a shared "
+                        "2-core machine (a second thread made an epoch 30x slower under load)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="every step's --seed (initializations, data order, candidate draws)")
+    p.add_argument("--worker", choices=ARCHS, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.resume and args.overwrite:
+        p.error("--resume and --overwrite exclude each other")
+    if args.jobs is None:
+        args.jobs = len(args.archs)
+    for name in ("jobs", "threads"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    if args.worker:
+        run_worker(args.worker, args)
+        return {}
+    start_out(args.out, args.resume, args.overwrite)
+    command = "python scripts/pipeline.py" + " --quick" * args.quick + (
+        f" --seed {args.seed}" if args.seed else "")
+    load_before, start = load_average(), time.time()
+    for arch in args.archs:
+        print(f"{arch}: {sizes_of(args.quick)[arch].describe()}", flush=True)
+    walls = run_workers(args)
+    wall = time.time() - start
+    this = {"command": command, "wall_seconds": wall, "worker_seconds": walls,
+            "load_before": load_before, "load_after": load_average(), "cpu": cpu_name(),
+            "cpus": os.cpu_count(), "jobs": args.jobs, "threads": args.threads,
+            "torch": importlib.metadata.version("torch"), "quick": args.quick, "seed": args.seed}
+    # a re-run with --resume adds its time to the earlier calls' (invocations.json)
+    history = args.out / "invocations.json"
+    calls = [*(json.loads(history.read_text()) if history.exists() else []), this]
+    history.write_text(json.dumps(calls, indent=1) + "\n")
+    meta = {**this, "wall_seconds": sum(c["wall_seconds"] for c in calls),
+            "load_before": calls[0]["load_before"], "invocations": len(calls)}
+    results = [collect(arch, args) for arch in args.archs]
+    text = "# Greedy forward selection end to end (synthetic data, CPU)\n\n" + \
+        table_markdown(results, meta)
+    (args.out / "table.md").write_text(text)
+    table = {"meta": meta, "results": results}
+    (args.out / "table.json").write_text(json.dumps(table, indent=1) + "\n")
+    plot(results, args.out / "pipeline.png")
+    print(f"\n{text}\nwrote {args.out / 'table.md'}, {args.out / 'table.json'}, "
+          f"{args.out / 'pipeline.png'} in {wall:.0f} s", flush=True)
+    return table
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except StepFailed as error:
+        sys.exit(f"error: {error}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted: the finished steps are kept; continue with --resume")
