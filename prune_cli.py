@@ -21,7 +21,8 @@ the fast evaluator's candidate losses under bf16 autocast instead of float32). E
 that decides or reports (the plain evaluator, the stop rule's measurement, the first-order
 scores, the slim-vs-masked check) runs in IEEE float32 with TF32 off (``pruning.precision``).
 ``--shortlist K`` does change the selection: each step evaluates exactly only the K best
-candidates of the first-order ranking (``pruning.shortlist``).
+candidates of the first-order ranking (``pruning.shortlist``); ``--shortlist-exact-steps E``
+evaluates every candidate in each unit's first E steps and shortlists after.
 
 Under ``torchrun --nproc_per_node=N`` every rank draws the same mini-batches and scores its share
 of each step's candidates (``pruning.distributed_select``); all ranks make the same selection,
@@ -54,7 +55,12 @@ from pruning.arguments import (HelpFormatter, UsageError, add_shared_arguments, 
 from pruning.baselines import FIXED_SIZE_METHODS, backward_elimination, fixed_size_counts
 from pruning.checkpoint import Checkpoint, CheckpointError, read, save, selection_cfg
 from pruning.command import run_command
-from pruning.distributed_select import CandidatePartition, RankZeroStop, sync_model
+from pruning.distributed_select import (
+    CandidatePartition,
+    RankZeroStop,
+    ShardedMeasure,
+    sync_model,
+)
 from pruning.evaluators import CandidateEvaluator, PlainEvaluator, require
 from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
 from pruning.flops import macs_and_params
@@ -78,7 +84,7 @@ SELECTION_ARGS = (
     "arch", "width", "layout", "units", "dataset", "data_path", "image_size", "synthetic_images",
     "synthetic_seed", "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size",
     "eval_images", "candidates", "with_replacement", "seed", "finetune_between", "finetune_lr",
-    "method", "match_kept", "shortlist", "evaluator", "precision",
+    "method", "match_kept", "shortlist", "shortlist_exact_steps", "evaluator", "precision",
 )
 METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
 
@@ -136,6 +142,10 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     e.add_argument("--shortlist", type=int,
                    help="greedy: evaluate exactly only the K best candidates of the first-order "
                         "(Frank-Wolfe) ranking, which keeps the guarantee (default: all)")
+    e.add_argument("--shortlist-exact-steps", type=int, default=0, metavar="E",
+                   help="with --shortlist: evaluate every candidate exactly in each unit's "
+                        "first E steps, where the first-order ranking is poorest, and only the "
+                        "top K after")
     return p
 
 
@@ -168,6 +178,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--shortlist must be >= 1, got {args.shortlist}")
         if args.method != "greedy" or args.evaluator != "fast":
             raise UsageError("--shortlist needs --method greedy and --evaluator fast")
+    if args.shortlist_exact_steps < 0:
+        raise UsageError(f"--shortlist-exact-steps must be >= 0, got {args.shortlist_exact_steps}")
+    if args.shortlist_exact_steps and args.shortlist is None:
+        raise UsageError("--shortlist-exact-steps needs --shortlist K")
     if args.precision == "bf16" and args.evaluator == "plain":
         raise UsageError("--precision bf16 needs --evaluator fast (the plain evaluator is the "
                          "float32 reference)")
@@ -261,7 +275,7 @@ class Job:
     dense: tuple[float, float]
     saved: Checkpoint | None
     batches: BatchStream
-    measure: SubsetMeasure
+    measure: SubsetMeasure | ShardedMeasure
     stop: StopRule
     start: float
 
@@ -317,7 +331,7 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset, int, int, list]:
 
 
 def build_stop(args: argparse.Namespace, units: list[Unit], dense_loss: float,
-               measure: SubsetMeasure, match_cfg: dict | None, world) -> StopRule:
+               measure: SubsetMeasure | ShardedMeasure, match_cfg: dict | None, world) -> StopRule:
     if match_cfg is not None:
         return MatchKept(matched_kept(match_cfg, args.match_kept, units))
     if args.stop == "fraction":
@@ -357,9 +371,11 @@ def setup(args: argparse.Namespace, world: distributed.World) -> Job:
     loader = data.make_infinite_loader(train_set, args.batch_size, seed=args.seed,
                                        start_batch=drawn, workers=args.workers,
                                        pin_memory=args.device.type == "cuda")
-    # the stop rules' measurement reuses each unit's block inputs on the subset (fast runs)
-    measure = SubsetMeasure(model, eval_batches, models.splitter(args.arch, model)
-                            if args.evaluator == "fast" else None)
+    # the stop rules' measurement reuses each unit's block inputs on the subset (fast runs);
+    # under torchrun each rank measures its share of the subset
+    splits = models.splitter(args.arch, model) if args.evaluator == "fast" else None
+    measure = (ShardedMeasure(model, eval_batches, splits) if world.distributed else
+               SubsetMeasure(model, eval_batches, splits))
     return Job(args, world, log, train_set, num_classes, image_size, eval_batches, model, units,
                Masks(model, units), dense, saved, BatchStream(loader, args.device, drawn),
                measure, build_stop(args, units, dense[0], measure, match_cfg, world), start)
@@ -384,7 +400,7 @@ def build_evaluator(job: Job) -> CandidateEvaluator:
     if job.world.distributed:
         evaluator = CandidatePartition(evaluator)
     if args.shortlist is not None:
-        evaluator = ShortlistEvaluator(evaluator, args.shortlist)
+        evaluator = ShortlistEvaluator(evaluator, args.shortlist, args.shortlist_exact_steps)
     if args.method == "backward":
         require(evaluator, "removal_losses", "--method backward")
     return evaluator

@@ -11,6 +11,11 @@ on every rank and the same as without distribution.
 Anything a rank computes redundantly and decides on (the shortlist's linear scores, the stop
 rule's verdict) is taken from rank 0, so floating-point nondeterminism on one GPU can never make
 the ranks disagree about a selection or about when a unit ends.
+
+The stop rule's measurement of the fixed subset, the one other per-step cost, is split too
+(``ShardedMeasure``): each rank measures its share of every subset batch, and one all-reduce of
+three numbers gives every rank the loss and top-1 of the whole subset. Measured on the whole
+subset by every rank it would be the part of a step that does not shrink with more ranks.
 """
 
 from collections.abc import Callable
@@ -20,9 +25,9 @@ import torch.distributed as dist
 from torch import nn
 
 from pruning.evaluators import CandidateEvaluator, supports
-from pruning.metrics import Batch
+from pruning.metrics import Batch, SubsetMeasure
 from pruning.stop import StopRule
-from pruning.units import Unit
+from pruning.units import Splitter, Unit
 
 
 def _comm_device() -> torch.device:
@@ -116,3 +121,44 @@ class RankZeroStop(StopRule):
                                             float("nan") if loss is None else loss]))
         self.last_loss = None if torch.isnan(verdict[1]) else float(verdict[1])
         return bool(verdict[0])
+
+
+def shard(batches: list[Batch]) -> list[Batch]:
+    """This rank's contiguous share of every batch; a share that comes out empty is dropped."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    mine = []
+    for x, y in batches:
+        x, y = x.tensor_split(world)[rank], y.tensor_split(world)[rank]
+        if len(y):
+            mine.append((x, y))
+    return mine
+
+
+class ShardedMeasure:
+    """``SubsetMeasure`` of the whole subset, each rank measuring its ``shard`` of it.
+
+    Every rank gets the same (loss, top-1): the sums of the shards, all-reduced in float64. They
+    differ from one process's measurement of the whole subset only by the order of the float64
+    sums (and on a GPU by what the smaller batches change in the convolutions' rounding). A rank
+    whose share is empty (a subset of fewer images than ranks) adds zeros.
+    """
+
+    def __init__(self, model: nn.Module, batches: list[Batch], splits: Splitter | None = None):
+        mine = shard(batches)
+        self.images = sum(len(y) for _, y in mine)
+        self.inner = SubsetMeasure(model, mine, splits) if mine else None
+
+    def forget(self) -> None:
+        if self.inner is not None:
+            self.inner.forget()
+
+    def __call__(self, unit: Unit | None = None) -> tuple[float, float]:
+        sums = torch.zeros(3, dtype=torch.float64)
+        if self.inner is not None:
+            loss, top1 = self.inner(unit)
+            sums = torch.tensor([loss * self.images, top1 * self.images, self.images],
+                                dtype=torch.float64)
+        buffer = sums.to(_comm_device())
+        dist.all_reduce(buffer)
+        loss_sum, correct, images = buffer.tolist()
+        return loss_sum / images, correct / images

@@ -11,6 +11,12 @@ So each step ranks all candidates by their linear score (one backward pass, the 
 ranking -- the Frank-Wolfe vertex is always first -- and reports +inf for the others, so the
 selector's argmin is the exact best of the shortlist. With K >= the number of candidates no
 score is computed and the step is plain exact greedy.
+
+``exact_steps=E`` is the hybrid: while the unit holds fewer than E selections (|S| < E, i.e.
+its first E steps without replacement) every candidate is evaluated exactly, the shortlist only
+after. The linear ranking is poorest while |S| is small -- adding a channel then moves the
+unit's output by 1/(|S|+1) of its size -- and that is where the shortlist's misses concentrate.
+The guarantee holds either way: an exact step evaluates the Frank-Wolfe vertex too.
 """
 
 import torch
@@ -30,7 +36,8 @@ def shortlist(scores: torch.Tensor, k: int) -> torch.Tensor:
 
 
 class ShortlistEvaluator:
-    """Exact losses for the top-K of the linear ranking, +inf for every other candidate.
+    """Exact losses for the top-K of the linear ranking, +inf for every other candidate (all
+    candidates exact during a unit's first ``exact_steps`` steps, see the module docstring).
 
     ``inner`` must have ``linear_scores`` (checked here, before any work). The shortlist has
     ``linear_scores`` too (``inner``'s, unchanged) but not ``removal_losses``: it shortlists
@@ -38,15 +45,23 @@ class ShortlistEvaluator:
     run silently without it.
     """
 
-    def __init__(self, inner: CandidateEvaluator, k: int):
+    def __init__(self, inner: CandidateEvaluator, k: int, exact_steps: int = 0):
         if k < 1:
             raise ValueError(f"--shortlist must be >= 1, got {k}")
+        if exact_steps < 0:
+            raise ValueError(f"exact_steps must be >= 0, got {exact_steps}")
         require(inner, "linear_scores", "--shortlist (the first-order ranking)")
-        self.inner, self.k = inner, k
+        self.inner, self.k, self.exact_steps = inner, k, exact_steps
+
+    def exact(self, counts: torch.Tensor, candidates: torch.Tensor) -> bool:
+        """Whether this step evaluates every candidate exactly: too few candidates to cut, or
+        fewer than ``exact_steps`` selections so far (``counts`` is on the CPU: no device read).
+        """
+        return len(candidates) <= self.k or int(counts.sum()) < self.exact_steps
 
     def losses(self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor,
                batch: Batch) -> torch.Tensor:
-        if len(candidates) <= self.k:
+        if self.exact(counts, candidates):
             return self.inner.losses(unit, counts, candidates, batch)
         scores = self.inner.linear_scores(unit, counts, candidates, batch)
         positions = shortlist(scores, self.k)

@@ -1,8 +1,19 @@
-"""Benchmark of the candidate evaluators of greedy forward selection (tracker issue 6).
+"""Benchmark of the candidate evaluators of greedy forward selection (tracker issues 6 and 16).
 
     python scripts/bench_select.py                 # GPU at 224 px if CUDA is available
     python scripts/bench_select.py --device cpu    # CPU, one thread, 64 px (about 7 minutes)
     python scripts/bench_select.py --quick         # tiny sizes: checks that it runs, times nothing
+    python scripts/bench_select.py --whole         # a whole selection through the prune script
+    python scripts/bench_select.py --quality       # shortlist and hybrid against exact greedy
+    torchrun --standalone --nproc_per_node=2 scripts/bench_select.py --whole --device cpu \
+        --wall-clock --unit features.9.hidden      # steps/s of one unit with 2 processes
+
+Default mode: the evaluator ladder below. ``--whole`` (the estimated time of a whole 220M-MAC
+MobileNetV2 selection through the prune script's own code, beside the plain evaluator's and
+the shortlist's) and ``--quality`` (held-out loss of exact greedy, the shortlist and the hybrid
+at equal kept counts, over seeds) live in ``bench_whole.py`` and ``bench_shortlist.py``, whose
+``whole`` and ``quality`` say what they time and how; both also take
+``--quick`` (the test suite's tiny sizes).
 
 Prints one table: for an early, a middle and a late unit of MobileNetV2 and of ResNet34, the
 time of one greedy step (all N candidates of the unit) and candidates per second for
@@ -38,17 +49,27 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+for _path in (Path(__file__).resolve().parents[1], Path(__file__).resolve().parent):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-import torchvision_compat  # noqa: E402, F401
+from bench_common import (  # noqa: E402
+    MALLOC_ENV,
+    NUM_CLASSES,
+    SLOW_CANDIDATES,
+    TABLE_UNITS,
+    WHOLE,
+    device_name,
+    log,
+)
+from bench_shortlist import LATE_STEP, fidelity, quality  # noqa: E402
+from bench_whole import MACS_TARGET, whole  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
-import data  # noqa: E402
 import models  # noqa: E402
 from models import splitter  # noqa: E402
-from pruning.evaluators import CandidateEvaluator, PlainEvaluator  # noqa: E402
+from pruning.evaluators import PlainEvaluator  # noqa: E402
 from pruning.fast_evaluators import (  # noqa: E402
     FastEvaluator,
     PrefixCachedEvaluator,
@@ -56,21 +77,15 @@ from pruning.fast_evaluators import (  # noqa: E402
 )
 from pruning.masks import Masks  # noqa: E402
 from pruning.precision import CANDIDATE_PRECISIONS  # noqa: E402
-from pruning.selection import SelectionSettings, greedy_forward_selection  # noqa: E402
-from pruning.shortlist import ShortlistEvaluator, shortlist  # noqa: E402
-from pruning.stop import MaxFraction  # noqa: E402
+from pruning.shortlist import ShortlistEvaluator  # noqa: E402
 
-MALLOC_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
-#: The networks of the table, and their early, middle and late units.
-TABLE_UNITS = {"mobilenet_v2": ("features.2.hidden", "features.9.hidden", "features.17.hidden"),
-               "resnet34": ("layer1.0.inner", "layer3.0.inner", "layer4.2.inner")}
-#: The network of the whole-selection estimate and the shortlist fidelity run.
-WHOLE = "mobilenet_v2"
-SLOW_CANDIDATES = 4  # candidates timed for the one-forward-per-candidate rungs
-NUM_CLASSES = 1000
-LATE_STEP = 16  # fidelity is also reported for steps that start with at least this many picks
 QUICK = {"image_size": 16, "batch_size": 2, "shortlist": 4, "fidelity_fraction": 0.02,
          "fidelity_batch_size": 4, "fidelity_train_steps": 2}
+WHOLE_DEFAULTS = {  # --whole: (GPU, CPU, --quick)
+    "width": (1.0, 0.5, 0.5), "image_size": (224, 32, 16), "batch_size": (128, 32, 2),
+    "eval_images": (1024, 256, 8), "synthetic_images": (4096, 1024, 64), "workers": (8, 0, 0),
+    "whole_steps": (3, 3, 2)}
+QUALITY_QUICK = {"seeds": 1, "exact_steps": "1"}
 
 
 def parse_args() -> argparse.Namespace:
@@ -93,9 +108,48 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--fidelity-train-steps", type=int,
                    help="AdamW steps (batch 64) that train the fidelity run's network "
                         "(default: 400)")
+    p.add_argument("--exact-steps", default="16",
+                   help="--whole and --quality: comma-separated E of the hybrid shortlist "
+                        "(exact scoring for the first E steps of each unit, the top-K after)")
+    w = p.add_argument_group("--whole: a whole MobileNetV2 selection through the prune script")
+    w.add_argument("--whole", action="store_true",
+                   help="time a few steps of every unit on the prune script's own code path "
+                        "and estimate a whole selection (see bench_whole.whole)")
+    w.add_argument("--width", type=float, help="default: 1.0 on GPU, 0.5 on CPU")
+    w.add_argument("--keep-fraction", type=float,
+                   help=f"kept fraction of every unit (default: about {MACS_TARGET / 1e6:.0f}M "
+                        "MACs at 224 px, by bisection with ptflops)")
+    w.add_argument("--whole-steps", type=int, help="greedy steps timed per unit (default: 3)")
+    w.add_argument("--eval-images", type=int,
+                   help="the stop rule's subset (default: 1024 GPU, 256 CPU)")
+    w.add_argument("--synthetic-images", type=int, help="default: 4096 GPU, 1024 CPU")
+    w.add_argument("--workers", type=int, help="loader workers (default: 8 GPU, 0 CPU)")
+    w.add_argument("--unit", action="append",
+                   help="time only this unit (repeatable; the total then covers these only)")
+    w.add_argument("--wall-clock", action="store_true",
+                   help="time by the wall clock on CPU too (the default under torchrun, where "
+                        "processes work in parallel)")
+    q = p.add_argument_group("--quality: shortlist and hybrid against exact greedy")
+    q.add_argument("--quality", action="store_true",
+                   help="held-out loss and top-1 of exact greedy, the shortlist and the hybrid "
+                        "at equal kept counts, per seed (see bench_shortlist.quality)")
+    q.add_argument("--seeds", type=int, default=3, help="networks (and batch streams) compared")
+    q.add_argument("--variants", default="exact,shortlist,hybrid",
+                   help="comma-separated: exact (always), shortlist, hybrid, exact-other (exact "
+                        "greedy on another batch stream: the noise floor)")
     args = p.parse_args()
     args.device = torch.device(args.device)
     gpu = args.device.type == "cuda"
+    args.exact_steps = [int(e) for e in
+                        (QUALITY_QUICK["exact_steps"] if args.quick and args.exact_steps == "16"
+                         else args.exact_steps).split(",") if e]
+    if args.quick and args.quality:
+        args.seeds = QUALITY_QUICK["seeds"]
+    if args.whole:
+        column = 2 if args.quick else 0 if gpu else 1
+        for name, values in WHOLE_DEFAULTS.items():
+            if getattr(args, name) is None:
+                setattr(args, name, values[column])
     defaults = QUICK if args.quick else {
         "image_size": 224 if gpu else 64, "batch_size": 128 if gpu else 32, "shortlist": 16,
         "fidelity_fraction": 0.3, "fidelity_batch_size": 128 if gpu else 16,
@@ -104,10 +158,6 @@ def parse_args() -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, value)
     return args
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def seconds(fn, device: torch.device) -> float:
@@ -228,101 +278,6 @@ def whole_selection(rig: Rig, plain_per_candidate: float) -> tuple[float, float]
     return plain / exact, plain / short
 
 
-class Fidelity:
-    """Exact greedy that records, at each step, what the shortlist would have picked.
-
-    Per step: |S| before the step, whether the shortlist's pick is the exact argmin, and the
-    relative excess of its exact loss over the exact minimum.
-    """
-
-    def __init__(self, fast: FastEvaluator, k: int):
-        self.fast, self.k = fast, k
-        self.steps: list[tuple[int, bool, float]] = []
-
-    def losses(self, unit, counts, candidates, batch):
-        exact = self.fast.losses(unit, counts, candidates, batch)
-        scores = self.fast.linear_scores(unit, counts, candidates, batch)
-        listed = shortlist(scores, self.k)
-        pick = int(listed[torch.argmin(exact[listed])])
-        best = int(torch.argmin(exact))
-        excess = float((exact[pick] - exact[best]) / exact[best])
-        self.steps.append((int(counts.sum()), pick == best, excess))
-        return exact
-
-    def agreement(self, min_selected: int = 0) -> tuple[int, int]:
-        chosen = [same for selected, same, _ in self.steps if selected >= min_selected]
-        return sum(chosen), len(chosen)
-
-
-def fidelity(args: argparse.Namespace) -> dict:
-    """Shortlist vs exact greedy on a trained MobileNetV2 (width 0.5, 32 px, synthetic data)."""
-    device, size = args.device, 32
-    torch.manual_seed(0)
-    train = data.SyntheticPatterns(4096, 10, size, "train", seed=0, augment=False, noise=0.5)
-    val = data.SyntheticPatterns(512, 10, size, "val", seed=0, noise=0.5)
-    x = torch.stack([train[i][0] for i in range(len(train))]).to(device)
-    y = torch.tensor(train.targets, device=device)
-    held_out = (torch.stack([val[i][0] for i in range(len(val))]).to(device),
-                torch.tensor(val.targets, device=device))
-    model = models.build(WHOLE, 0.5, 10).to(device)
-    steps, generator = args.fidelity_train_steps, torch.Generator().manual_seed(0)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=3e-3, total_steps=steps)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=generator).to(device)
-        optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x[idx]), y[idx]).backward()
-        optimizer.step()
-        schedule.step()
-    model.eval()
-
-    def val_loss() -> tuple[float, float]:
-        with torch.no_grad():
-            logits = model(held_out[0])
-        return (F.cross_entropy(logits, held_out[1]).item(),
-                (logits.argmax(1) == held_out[1]).float().mean().item())
-
-    dense = val_loss()
-    log(f"fidelity: trained network, val loss {dense[0]:.3f}, top-1 {100 * dense[1]:.1f}%")
-    units = models.prunable_units(WHOLE, model)
-    masks = Masks(model, units)
-    fast = FastEvaluator(model, splitter(WHOLE, model),
-                         default_samples_per_pass(device))
-
-    def batches():
-        stream = torch.Generator().manual_seed(1)
-        while True:
-            idx = torch.randint(0, len(x), (args.fidelity_batch_size,), generator=stream)
-            yield x[idx.to(device)], y[idx.to(device)]
-
-    def select(evaluator: CandidateEvaluator) -> tuple[tuple[float, float], float]:
-        for unit in units:
-            masks.set_counts(unit.name, torch.ones(unit.size, dtype=torch.long))
-        start = time.perf_counter()
-        greedy_forward_selection(units, masks, evaluator, batches(),
-                                 MaxFraction(args.fidelity_fraction), SelectionSettings())
-        return val_loss(), time.perf_counter() - start
-
-    recorder = Fidelity(fast, args.shortlist)
-    exact, exact_s = select(recorder)
-    log(f"fidelity: exact selection done in {exact_s:.0f} s")
-    short, short_s = select(ShortlistEvaluator(fast, args.shortlist))
-    return {"all": recorder.agreement(), "late": recorder.agreement(LATE_STEP),
-            "excess": sum(e for *_, e in recorder.steps) / len(recorder.steps),
-            "dense": dense, "exact": exact, "short": short, "exact_s": exact_s,
-            "short_s": short_s}
-
-
-def device_name(args: argparse.Namespace) -> str:
-    if args.device.type == "cuda":
-        batched = "bf16 autocast, channels_last" if args.precision == "bf16" else "IEEE float32"
-        return (f"{torch.cuda.get_device_name(args.device)} (+batched and shortlist: {batched}; "
-                "plain, +prefix, +additive: IEEE float32)")
-    batched = "" if args.precision == "fp32" else " (+batched and shortlist: bf16 autocast)"
-    return f"cpu, {torch.get_num_threads()} thread, fp32{batched}"
-
-
 def main() -> None:
     args = parse_args()
     if args.device.type == "cpu":
@@ -330,6 +285,12 @@ def main() -> None:
         if missing:
             os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **missing})
         torch.set_num_threads(1)
+    if args.whole:
+        whole(args)
+        return
+    if args.quality:
+        quality(args)
+        return
     start = time.perf_counter()
     rows, plain = speed_rows(args)
     # a new rig of the same (randomly initialized) network: speed does not depend on the weights

@@ -100,6 +100,8 @@ def test_resume_after_an_interruption_ends_with_the_same_selection(tmp_path, mon
     (["--device", "cuda:0"], "--device"),
     (["--candidates", "0"], "--candidates"),
     (["--keep-fraction", "1.5"], "--keep-fraction"),
+    (["--shortlist-exact-steps", "4"], "--shortlist-exact-steps needs --shortlist K"),
+    (["--shortlist", "2", "--shortlist-exact-steps", "-1"], "--shortlist-exact-steps must be"),
 ])
 def test_bad_arguments_are_refused_by_name(tmp_path, extra, message):
     if extra[-1] == "cuda:0" and torch.cuda.is_available():
@@ -196,3 +198,17 @@ def test_fast_and_plain_evaluators_make_the_same_loss_gap_run(tmp_path):
     assert fast["selections"] == plain["selections"] > 2 * 16  # units stop after several steps
     assert fast["cfg"] == plain["cfg"]
     assert fast["loss_pruned"] == pytest.approx(plain["loss_pruned"], rel=1e-5)
+
+
+def test_a_shortlist_exact_for_every_step_selects_what_exact_greedy_selects(tmp_path):
+    """--shortlist-exact-steps E scores every candidate while a unit holds fewer than E channels:
+    with E above every unit's kept count, even K=1 selects what exact greedy selects."""
+    runs = {}
+    for name, extra in (("exact", []), ("hybrid", ["--shortlist", "1",
+                                                    "--shortlist-exact-steps", "100"])):
+        runs[name] = prune_cli.run("mobilenet_v2", tiny(
+            tmp_path / name, "--width", "0.5", "--image-size", "16", "--stop", "fraction",
+            "--keep-fraction", "0.1", *extra))
+        runs[name]["cfg"] = load(tmp_path / name / "pruned.pth")["cfg"]
+    assert runs["hybrid"]["cfg"] == runs["exact"]["cfg"]
+    assert runs["hybrid"]["args"]["shortlist_exact_steps"] == "100"
