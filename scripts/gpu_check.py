@@ -26,7 +26,7 @@ any FAIL; the files stay in ``--workdir`` (a temporary folder unless given).
 """
 
 # Why this module is longer than 400 lines: it is one script a user copies to a GPU node and runs
-# as it is, so its 28 checks (each a few lines), their pass criteria and the table stay together.
+# as it is, so its 29 checks (each a few lines), their pass criteria and the table stay together.
 
 from __future__ import annotations
 
@@ -373,6 +373,17 @@ def bench_quick(ctx: Context) -> str:
     return summary[0].split(";")[0].replace("whole MobileNetV2 selection ", "")[:110]
 
 
+def bench_whole_quick(ctx: Context) -> str:
+    """The code path of the GPU target (a whole selection through the prune script), tiny."""
+    log = ctx.workdir / "bench_whole.log"
+    ctx.script("scripts/bench_select.py", ["--whole", "--quick", "--device", ctx.device.type],
+               log)
+    total = [line for line in log.read_text().splitlines() if line.startswith("total ")]
+    if not total:
+        raise CheckFailed("no total line")
+    return total[0].split(":")[0]
+
+
 # ----------------------------------------------------------------------------------------------
 # The engine, in this process
 # ----------------------------------------------------------------------------------------------
@@ -582,6 +593,7 @@ def checks(keep: str, device: torch.device) -> list[Check]:
         Check("finetune --resume after SIGKILL", finetune_resume, (greedy,)),
         Check("launcher table2.py --smoke", launcher_smoke, (mb,)),
         Check("bench_select.py --quick", bench_quick),
+        Check("bench_select.py --whole --quick", bench_whole_quick),
     ]
 
 
