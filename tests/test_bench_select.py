@@ -198,7 +198,7 @@ def test_the_hybrid_reads_the_host_once_while_exact_and_twice_after():
         counts = torch.zeros(unit.size, dtype=torch.long)
         counts[:selected] = 1
         with DeviceAudit() as audit:
-            hybrid.losses(unit, counts, torch.arange(selected, unit.size), x)
+            hybrid.losses(unit, counts, torch.arange(selected, selected + 6), x)  # > K
         assert len(audit.reads) == reads, selected
 
 
