@@ -72,7 +72,7 @@ from pruning.rundir import RunDir
 from pruning.runlog import RunLog
 from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection, unit_seed
 from pruning.shortlist import ShortlistEvaluator
-from pruning.slim import float64_logits, slim_model, slim_verification
+from pruning.slim import float64_logits, slim_verification
 from pruning.stop import (LossGap, MatchKept, MaxFraction, StopRule, Top1Tolerance,
                           require_finite, require_finite_parameters)
 from pruning.units import Unit
@@ -500,9 +500,7 @@ def slim(job: Job) -> tuple[nn.Module, dict, dict[str, torch.Tensor], dict]:
     with torch.no_grad(), exact_float32():
         masked_logits = model(probe)
         reference = float64_logits(model, probe)
-    weights = {name: w.detach().clone() for name, w in masks.weights.items()}
-    masks.remove()
-    network, kept = slim_model(model, job.units, weights)
+    network, kept, weights = masks.slim(model)
     with torch.no_grad(), exact_float32():
         verification = slim_verification(network(probe), masked_logits, reference)
     return network, kept, weights, verification
@@ -531,9 +529,10 @@ def summarize(job: Job, counts: dict, network: nn.Module, kept: dict, verificati
         **verification,
         "eval_images": sum(len(y) for _, y in job.eval_batches),
         "batches_drawn": job.batches.drawn, "seconds": seconds,
-        # dense vs slim forward time on this device, batch 1 and the selection batch
+        # dense vs slim forward time on this device, batch 1 and the selection batch; rank 0
+        # only (it alone writes the summary): ranks timing at once on one machine would contend
         "latency": measure_latency(job.model, network, job.image_size, (1, args.batch_size),
-                                   args.device),
+                                   args.device) if job.world.is_main else None,
         "device": str(args.device), **runtime_record(args.device, args.precision),
         "args": {k: str(v) for k, v in vars(args).items()},
     }

@@ -35,26 +35,12 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from pruning.precision import device_name, tf32_in_effect
-
-
-def processor_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model name from ``/proc/cpuinfo`` (``platform`` often knows
-    only "x86_64")."""
-    if device.type == "cpu":
-        try:
-            for line in Path("/proc/cpuinfo").read_text().splitlines():
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-        except OSError:
-            pass
-    return device_name(device)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -114,7 +100,7 @@ def measure_latency(dense: nn.Module, slim: nn.Module, image_size: int,
         for model, training in modes:
             model.train(training)
     return {
-        "device": str(device), "device_name": processor_name(device),
+        "device": str(device), "device_name": device_name(device),
         "threads": torch.get_num_threads(), "precision": "float32, no autocast",
         "tf32": tf32_in_effect(device), "mode": "eval, no_grad", "warmup": warmup,
         "budget_s": budget_s, "batches": batches,

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from pruning.slim import fold
+from pruning.slim import fold, slim_model
 from pruning.units import Unit
 
 
@@ -110,3 +110,15 @@ class Masks:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def slim(self, model: nn.Module) -> tuple[nn.Module, dict[str, list[int]],
+                                                dict[str, torch.Tensor]]:
+        """Take the masks off ``model`` (the network they were installed on) and return its slim
+        copy (``pruning.slim.slim_model``: dead channels removed, multipliers folded in), the kept
+        channels per space, and a copy of the mixing weights the masks held (what a masked
+        checkpoint stores). ``model`` is the plain full-width network again afterwards.
+        """
+        weights = {name: w.detach().clone() for name, w in self.weights.items()}
+        self.remove()
+        slim, kept = slim_model(model, list(self.units.values()), weights)
+        return slim, kept, weights

@@ -23,6 +23,7 @@ import os
 import platform
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -80,8 +81,16 @@ def tf32_in_effect(device: torch.device) -> bool:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or the CPU's model name from ``/proc/cpuinfo`` where there is one
+    (``platform`` often knows only "x86_64", and a CPU time means little without the model)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 

@@ -23,7 +23,6 @@ from pruning.masks import Masks
 from pruning.metrics import SubsetMeasure
 from pruning.selection import SelectionSettings, select_unit
 from pruning.shortlist import ShortlistEvaluator
-from pruning.slim import slim_model
 from pruning.stop import MaxFraction, StopRule
 
 #: The kept fraction of every hidden unit of MobileNetV2 (width 1.0) whose slim network has about
@@ -44,9 +43,7 @@ def uniform_macs(fraction: float, image_size: int = 224, width: float = 1.0) -> 
         counts = torch.zeros(unit.size, dtype=torch.long)
         counts[: math.ceil(fraction * unit.size)] = 1
         masks.set_counts(unit.name, counts)
-    weights = {name: w.detach().clone() for name, w in masks.weights.items()}
-    masks.remove()
-    return macs_and_params(slim_model(model, units, weights)[0], image_size)[0]
+    return macs_and_params(masks.slim(model)[0], image_size)[0]
 
 
 def fraction_for_macs(target: float = MACS_TARGET, image_size: int = 224,

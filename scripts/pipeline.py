@@ -280,9 +280,9 @@ def cpu_name() -> str:
     """The CPU's model name, as the prune runs' latency records give it."""
     import torch  # here: the parent imports torch only once the workers are done
 
-    from pruning.latency import processor_name
+    from pruning.precision import device_name
 
-    return processor_name(torch.device("cpu"))
+    return device_name(torch.device("cpu"))
 
 
 def load_average() -> list[float] | None:

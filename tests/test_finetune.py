@@ -29,7 +29,6 @@ from pruning.checkpoint import Checkpoint, load, save, save_atomic, selection_cf
 from pruning.arguments import plain
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
-from pruning.slim import slim_model
 
 ROOT = Path(__file__).resolve().parent.parent
 ARCH = "mobilenet_v2"
@@ -76,9 +75,7 @@ def pruned(tmp_path_factory) -> tuple[Path, int]:
         c[torch.randperm(unit.size, generator=generator)[: max(1, unit.size // 3)]] = 1
         masks.set_counts(unit.name, c)
         counts[unit.name] = c
-    weights = {name: w.clone() for name, w in masks.weights.items()}
-    masks.remove()
-    slim, kept = slim_model(model.eval(), units, weights)
+    slim, kept, _ = masks.slim(model.eval())
     macs, _ = macs_and_params(slim, 32)
     path = tmp_path_factory.mktemp("prune") / "pruned.pth"
     cfg = selection_cfg(units, counts, kept)

@@ -54,9 +54,7 @@ def test_slim_model_matches_masked_model(arch, width, kind, tmp_path):
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         masked = model(x)
-    weights = {name: w.clone() for name, w in masks.weights.items()}
-    masks.remove()
-    slim, kept = slim_model(model, units, weights)
+    slim, kept, weights = masks.slim(model)
     with torch.no_grad():
         out = slim(x)
     assert (out - masked).abs().max() <= 1e-4 * masked.abs().max()
@@ -96,9 +94,7 @@ def test_block_output_units_remove_stream_channels_physically():
         c = torch.zeros(unit.size, dtype=torch.long)
         c[0] = 1
         masks.set_counts(unit.name, c)
-    weights = {name: w.clone() for name, w in masks.weights.items()}
-    masks.remove()
-    slim, kept = slim_model(model, units, weights)
+    slim, kept, _ = masks.slim(model)
     # every stage's residual stream is down to one channel in the real layers
     assert slim.features[3].conv[2].out_channels == 1  # 24-channel stage
     assert slim.features[4].conv[0][0].in_channels == 1

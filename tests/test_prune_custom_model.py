@@ -17,7 +17,6 @@ from pruning.evaluators import PlainEvaluator
 from pruning.masks import Masks
 from pruning.metrics import SubsetMeasure, loss_and_top1
 from pruning.selection import SelectionSettings, greedy_forward_selection
-from pruning.slim import slim_model
 from pruning.stop import LossGap
 from pruning.units import ChannelSpace, Unit, check_units
 
@@ -93,9 +92,7 @@ def test_prune_custom_model(tmp_path):
     probe = eval_batches[0][0]
     with torch.no_grad():
         masked = model(probe)
-    weights = {name: w.clone() for name, w in masks.weights.items()}
-    masks.remove()
-    slim, kept = slim_model(model, units, weights)
+    slim, kept, _ = masks.slim(model)
 
     assert dense_top1 > 0.5  # the network learned something worth keeping
     assert pruned_loss - dense_loss < epsilon  # the paper's stop rule, after the last unit
