@@ -73,7 +73,8 @@ def _hidden_unit(model: nn.Module, i: int) -> Unit:
         size = layers[2].in_channels
     space = ChannelSpace(f"{block}.hidden", size, producers, (projection,))
     # Block 1's depthwise layer reads the stem output, so its cached prefix starts at the input.
-    return Unit(f"{block}.hidden", space, projection, "input", block if i > 1 else "features.0")
+    return Unit(f"{block}.hidden", space, projection, "input", block if i > 1 else "features.0",
+                producer=producers[0])
 
 
 def _stage_streams(model: nn.Module, first: int, last: int) -> dict[int, ChannelSpace]:
@@ -115,8 +116,10 @@ def units(model: nn.Module, kind: str = "hidden") -> list[Unit]:
         if i >= first_hidden:
             result.append(_hidden_unit(model, i))
         if i in streams:
-            bn = f"features.{i}.conv.{len(model.features[i].conv) - 1}"
-            result.append(Unit(f"features.{i}.output", streams[i], bn, "output", f"features.{i}"))
+            last = len(model.features[i].conv) - 1
+            result.append(Unit(f"features.{i}.output", streams[i], f"features.{i}.conv.{last}",
+                               "output", f"features.{i}",
+                               producer=f"features.{i}.conv.{last - 1}"))
     return result
 
 

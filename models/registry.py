@@ -9,6 +9,7 @@ architecture names, so adding a family (ResNet50, a CIFAR layout, your own netwo
 module and one ``register`` call.
 """
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.units import Unit, UnitSplit
+from pruning.units import Unit, UnitSplit, check_units
 
 
 #: The layout every family's ``build`` makes (torchvision's ImageNet stems for the two families).
@@ -31,12 +32,16 @@ def _pytorch_default(linear: nn.Linear) -> None:
 class Architecture:
     """A network family as the pruning engine, the CLIs and the launchers see it.
 
-    Required:
+    Required (``register`` checks them, see ``validate``):
         name: the registry key, also stored in checkpoints (``"mobilenet_v2"``).
         title: for messages (``"MobileNetV2"``).
         build: ``(width, num_classes) -> nn.Module`` at full width, randomly initialized.
-        units: ``(model, kind) -> list[Unit]`` in input-to-output order.
+        units: ``(model, kind) -> list[Unit]`` in input-to-output order; every module a unit
+            names must exist in the model ``build`` makes, in every layout.
         unit_kinds: the kinds ``units`` accepts; the first is the default.
+        recipe: the paper's fine-tuning defaults, ``lr`` (> 0) and ``lr_schedule`` (``cosine``
+            or ``constant``; Section 4.1), and optionally ``momentum``, ``weight_decay`` or
+            ``nesterov``: the fine-tune scripts' defaults for this family.
 
     Optional:
         split: ``(model, unit) -> UnitSplit``, the network cut at a unit for the fast evaluators
@@ -45,7 +50,6 @@ class Architecture:
         head_keys: the classifier's state_dict keys, the only ones a 10-class fine-tune of
             1000-class weights may leave unloaded.
         classifier_init: how ``reinitialize`` draws the classifier (torchvision's own choice).
-        recipe: the paper's fine-tuning defaults (``lr``, ``lr_schedule``; Section 4.1).
         torchvision_weights: the torchvision model name whose weights enum names
             (``IMAGENET1K_V1``) may be given as ``--pretrained``; None: files only.
         map_state: ``state -> (state, description) | None``: recognise a foreign key layout
@@ -134,11 +138,92 @@ class Architecture:
 _REGISTRY: dict[str, Architecture] = {}
 
 
+LR_SCHEDULES = ("cosine", "constant")
+_RECIPE_REQUIRED = ("lr", "lr_schedule")
+_RECIPE_OPTIONAL = ("momentum", "weight_decay", "nesterov")
+
+
+class ArchitectureError(ValueError):
+    """A family declared wrongly: the message names the family and the field."""
+
+
+def _recipe_problem(recipe: Any) -> str | None:
+    if not isinstance(recipe, Mapping):
+        return f"expected a mapping, got {type(recipe).__name__}"
+    missing = [k for k in _RECIPE_REQUIRED if k not in recipe]
+    if missing:
+        return (f"needs {' and '.join(map(repr, missing))} (the fine-tuning defaults; a missing "
+                f"schedule would silently be a constant learning rate)")
+    unknown = sorted(set(recipe) - set(_RECIPE_REQUIRED) - set(_RECIPE_OPTIONAL))
+    if unknown:
+        return f"unknown keys {unknown}; expected {_RECIPE_REQUIRED + _RECIPE_OPTIONAL}"
+    lr = recipe["lr"]
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr) \
+            or lr <= 0:
+        return f"'lr' must be a finite number > 0, got {lr!r}"
+    if recipe["lr_schedule"] not in LR_SCHEDULES:
+        return f"'lr_schedule' must be one of {LR_SCHEDULES}, got {recipe['lr_schedule']!r}"
+    return None
+
+
+def validate(arch: Architecture) -> None:
+    """Check what the engine and the CLIs rely on, so a family declared wrongly fails when it is
+    registered, with its name and the field, not later in a script with a raw TypeError.
+
+    The structure is checked on networks built on the ``meta`` device (shapes only, no memory,
+    no initialization cost): for every layout and unit kind, ``units`` gives at least one unit
+    and every module a unit names exists (``pruning.units.check_units``).
+    """
+    def fail(name: str, problem: str) -> None:
+        raise ArchitectureError(f"architecture {arch.name!r}: {name}: {problem}")
+
+    for name in ("name", "title"):
+        if not isinstance(getattr(arch, name), str) or not getattr(arch, name):
+            fail(name, "a non-empty string is required")
+    for name in ("build", "units"):
+        if not callable(getattr(arch, name)):
+            fail(name, "a function is required")
+    for name in ("split", "map_state", "infer_width"):
+        if getattr(arch, name) is not None and not callable(getattr(arch, name)):
+            fail(name, "must be a function or None")
+    if not isinstance(arch.unit_kinds, tuple) or not arch.unit_kinds \
+            or not all(isinstance(k, str) and k for k in arch.unit_kinds):
+        fail("unit_kinds", f"a non-empty tuple of names is required, got {arch.unit_kinds!r}")
+    if not isinstance(arch.widths, tuple) or not arch.widths or not all(
+            isinstance(w, int | float) and math.isfinite(w) and w > 0 for w in arch.widths):
+        fail("widths", f"a non-empty tuple of positive numbers is required, got {arch.widths!r}")
+    problem = _recipe_problem(arch.recipe)
+    if problem:
+        fail("recipe", problem)
+    if not isinstance(arch.head_keys, tuple) or not all(isinstance(k, str)
+                                                        for k in arch.head_keys):
+        fail("head_keys", f"a tuple of state_dict keys is required, got {arch.head_keys!r}")
+    for layout, adapt in arch.layouts.items():
+        if layout == DEFAULT_LAYOUT or not callable(adapt):
+            fail("layouts", f"{layout!r} must be a new name mapped to a function")
+    width = min(arch.widths)
+    for layout in arch.layout_names:
+        for kind in arch.unit_kinds:
+            with torch.device("meta"):
+                model = arch.build(width, 10)
+                if layout != DEFAULT_LAYOUT:
+                    arch.layouts[layout](model)
+            try:
+                units = arch.units(model, kind)
+                if not units:
+                    raise ValueError("no units")
+                check_units(model, units)
+            except (ValueError, TypeError, AttributeError, IndexError, KeyError) as error:
+                fail("units", f"kind {kind!r}, layout {layout!r}: {error}")
+
+
 def register(arch: Architecture) -> Architecture:
-    """Make ``arch`` known by its name (to ``get``, checkpoints and the CLIs); returns it."""
+    """Make ``arch`` known by its name (to ``get``, checkpoints and the CLIs) once ``validate``
+    accepts it; returns it."""
     known = _REGISTRY.get(arch.name)
     if known is not None and known is not arch:
         raise ValueError(f"architecture {arch.name!r} is already registered")
+    validate(arch)
     _REGISTRY[arch.name] = arch
     return arch
 

@@ -33,7 +33,8 @@ def units(model: nn.Module, kind: str = "inner") -> list[Unit]:
                 f"{name}.inner", block.conv1.out_channels,
                 (f"{name}.conv1", f"{name}.bn1"), (f"{name}.conv2",),
             )
-            result.append(Unit(f"{name}.inner", space, f"{name}.conv2", "input", name))
+            result.append(Unit(f"{name}.inner", space, f"{name}.conv2", "input", name,
+                               producer=f"{name}.conv1"))
     return result
 
 

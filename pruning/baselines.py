@@ -30,14 +30,13 @@ FIXED_SIZE_METHODS = ("magnitude", "random", "uniform")
 
 
 def producing_conv(model: nn.Module, unit: Unit) -> nn.Conv2d:
-    """The conv whose filters make the unit's channels: the first producer of an input-side unit
-    (MobileNetV2's expand conv, ResNet's conv1), the conv feeding the BatchNorm site of an
-    output-side unit (a block's projection conv)."""
-    producers = unit.space.producers
-    name = producers[0] if unit.side == "input" else producers[producers.index(unit.site) - 1]
-    conv = model.get_submodule(name)
+    """The conv whose filters make the unit's channels, as the unit declares it
+    (``Unit.producer``: MobileNetV2's expand conv, ResNet's conv1, a block's projection conv)."""
+    if unit.producer is None:
+        raise ValueError(f"--method magnitude: unit {unit.name} declares no producer conv")
+    conv = model.get_submodule(unit.producer)
     if not isinstance(conv, nn.Conv2d):
-        raise TypeError(f"unit {unit.name}: producer {name} is not a convolution")
+        raise TypeError(f"unit {unit.name}: producer {unit.producer} is not a convolution")
     return conv
 
 

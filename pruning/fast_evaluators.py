@@ -16,6 +16,11 @@ network once per candidate. Three observations make most of that work redundant:
    h are computed once per step; each candidate costs one rank-one update (``FastEvaluator``).
    A block-output unit (mask on the projection BN's output) is the same with W = identity:
    its masked output is (N / (|S| + 1)) * (c * h + e_k h_k).
+   This holds exactly for the units a family declares additive (``Unit.additive``). A gated
+   unit (squeeze-excitation, ``Unit.gates``) is not: adding k changes every channel's gate. For
+   it the prefix and h are still computed once per step and h's spatial mean is pooled once; each
+   candidate's gate is recomputed from the pooled vector with its removed channels zeroed (a few
+   small matrix products), and the consumer runs on the c*B re-gated samples of a chunk.
 3. **Candidates batched.** Eval-mode BatchNorm treats samples independently, so the updated
    consumer outputs of many candidates are stacked along the batch and the rest of the network
    (the ``tail``) runs once per chunk, optionally under bf16 autocast and channels_last (GPU).
@@ -100,6 +105,7 @@ class _Step:
     skip: Tensor
     h: Tensor
     y: Tensor
+    pooled: Tensor | None  # h's spatial mean (B, N, 1, 1), for a gated unit only
 
 
 class FastEvaluator:
@@ -141,10 +147,19 @@ class FastEvaluator:
         if h.shape[1] != unit.size:
             raise ValueError(f"unit {unit.name!r}: split gives {h.shape[1]} channels, "
                              f"expected {unit.size}")
-        return _Step(split, skip, h, y)
+        if unit.additive != (split.gate is None):
+            raise ValueError(f"unit {unit.name!r}: a gated unit's split must give its gate, an "
+                             f"additive unit's none (gates {unit.gates}, split gate "
+                             f"{'given' if split.gate else 'None'})")
+        if split.gate is not None and split.consumer is None:
+            raise ValueError(f"unit {unit.name!r}: a gated unit needs a consumer conv")
+        pooled = h.mean((2, 3), keepdim=True) if split.gate is not None else None
+        return _Step(split, skip, h, y, pooled)
 
     def _mix(self, step: _Step, weights: Tensor) -> Tensor:
         """The consumer's output without bias for mixing weights ``weights`` (length N)."""
+        if step.pooled is not None:
+            return self._gated_mix(step, weights.unsqueeze(0))
         mixed = step.h * weights.to(step.h.dtype).view(1, -1, 1, 1)
         conv = step.split.consumer
         if conv is None:
@@ -156,6 +171,28 @@ class FastEvaluator:
         if conv is None or conv.bias is None:
             return out
         return out + conv.bias.to(out.dtype).view(1, -1, 1, 1)
+
+    def _gated_mix(self, step: _Step, weights: Tensor,
+                   kept: Tensor | None = None) -> Tensor:
+        """Consumer outputs without bias of a gated unit for c weight vectors ``weights`` (c, N):
+        (c*B) rows, candidate-major. Each candidate's gate reads the pooled channels with its
+        removed ones zeroed, as the masks' gate hook makes the plain network do; ``kept`` (c, N)
+        overrides that 0/1 indicator (the linear scores differentiate through it)."""
+        h, conv = step.h, step.split.consumer
+        weights = weights.to(h.dtype)
+        kept = (weights > 0).to(h.dtype) if kept is None else kept.to(h.dtype)
+        pooled = (step.pooled.unsqueeze(0) * kept[:, None, :, None, None]).flatten(0, 1)
+        scale = step.split.gate(pooled).unflatten(0, (len(weights), h.shape[0]))
+        mixed = (h.unsqueeze(0) * (scale * weights[:, None, :, None, None])).flatten(0, 1)
+        return F.conv2d(mixed, conv.weight.to(mixed.dtype), None, conv.stride, conv.padding,
+                        conv.dilation)
+
+    def _gated_candidates(self, step: _Step, counts: Tensor, sign: int, ks: Tensor) -> Tensor:
+        """Consumer outputs without bias for ``counts + sign * e_k``, each k in ``ks``."""
+        trial = counts.to(step.h.device, torch.float32).repeat(len(ks), 1)
+        trial[torch.arange(len(ks), device=trial.device), ks] += sign
+        total = trial[0].sum().clamp(min=1)  # the same |S| +- 1 for every candidate
+        return self._gated_mix(step, trial * (trial.shape[1] / total))
 
     def _contributions(self, step: _Step, base: Tensor, scale: float, sign: int,
                        ks: Tensor) -> Tensor:
@@ -204,13 +241,19 @@ class FastEvaluator:
         device = batch[0].device
         with self._autocast(device):
             step = self._prepare(unit, batch)
-            base = self._mix(step, counts.to(device, torch.float32))
+            gated = step.pooled is not None
+            if not gated:
+                base = self._mix(step, counts.to(device, torch.float32))
             total = int(counts.sum()) + sign
             scale = unit.size / total if total > 0 else 0.0  # nothing left: the unit gives 0
             per_pass = max(1, self.samples_per_pass // step.y.shape[0])
             parts = []
             for ks in _chunks(candidates.to(device), per_pass):
-                out = self._with_bias(step, self._contributions(step, base, scale, sign, ks))
+                if gated:
+                    out = self._gated_candidates(step, counts, sign, ks)
+                else:
+                    out = self._contributions(step, base, scale, sign, ks)
+                out = self._with_bias(step, out)
                 parts.append(stacked_losses(step.split.tail(step.skip, self._layout(out)),
                                             step.y))
         return _to_host(parts)
@@ -226,15 +269,32 @@ class FastEvaluator:
         q_k = N W[:, k] h_k, so its argmin is the Frank-Wolfe vertex. One forward and one
         backward of the tail, at the batch's own size, always in IEEE float32: bf16 gradients
         rank close candidates poorly, and this pass is cheap next to the candidates' forwards.
+
+        A gated unit's candidate also opens its own gate (kept_k: 0 -> 1 when c_k = 0), which
+        moves every channel's gate. The score is then the first-order change of the loss along
+        the candidate's whole move, divided by the step N / (|S| + 1) that w_k takes:
+        d loss / d w_k + ((|S| + 1) / N) * d loss / d kept_k * [c_k = 0], with the 0/1 gate
+        relaxed to a multiplier of the pooled channels. Without gates it is d loss / d w_k.
         """
         device = batch[0].device
         with torch.no_grad():
             step = self._prepare(unit, batch)
-        weights = mixing_weights(counts.to(device)).requires_grad_(True)
-        out = self._with_bias(step, self._mix(step, weights))
+        selected = int(counts.sum())  # counts are on the CPU: no device read
+        counts = counts.to(device)
+        weights = mixing_weights(counts).requires_grad_(True)
+        if step.pooled is None:
+            out = self._with_bias(step, self._mix(step, weights))
+            logits = step.split.tail(step.skip, self._layout(out))
+            (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), step.y), weights)
+            return grad.detach().double().cpu()[candidates]
+        kept = (counts > 0).to(torch.float32).requires_grad_(True)
+        out = self._with_bias(step, self._gated_mix(step, weights.unsqueeze(0),
+                                                    kept.unsqueeze(0)))
         logits = step.split.tail(step.skip, self._layout(out))
-        (grad,) = torch.autograd.grad(F.cross_entropy(logits.float(), step.y), weights)
-        return grad.detach().double().cpu()[candidates]
+        grad_w, grad_kept = torch.autograd.grad(F.cross_entropy(logits.float(), step.y),
+                                                (weights, kept))
+        opening = (counts == 0).to(grad_kept.dtype) * ((selected + 1) / unit.size)
+        return (grad_w + opening * grad_kept).detach().double().cpu()[candidates]
 
 
 def default_samples_per_pass(device: torch.device) -> int:

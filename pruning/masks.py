@@ -8,6 +8,10 @@ picked again), the subnetwork replaces the layer's sum_{j in [N]} sigma_j by
 which is the paper's f_S = (1/|S|) sum_{j in S} sigma_j once the pretrained layer is read as
 f = (1/N) sum_j N sigma_j. With S = [N] (every channel once) all w_j = 1: the dense network is
 reproduced exactly. With S empty the unit contributes nothing.
+
+A gated unit (``Unit.gates``, e.g. squeeze-excitation) also has its gates' inputs multiplied by
+the 0/1 indicator w_j > 0, so a removed channel reads as zero wherever the slim network no longer
+has it.
 """
 
 from collections.abc import Iterator
@@ -39,7 +43,7 @@ class Masks:
 
     Weights start at all ones (the dense network). ``set_counts`` installs a selection;
     ``remove`` takes the hooks off again. The weights live on the model's device, so a hook costs
-    one multiply.
+    one multiply (a gate hook one comparison more).
     """
 
     def __init__(self, model: nn.Module, units: list[Unit]):
@@ -56,10 +60,20 @@ class Masks:
             else:
                 hook = self._output_hook(unit.name)
                 self._handles.append(site.register_forward_hook(hook))
+            for gate in unit.gates:
+                hook = self._gate_hook(unit.name)
+                self._handles.append(modules[gate].register_forward_pre_hook(hook))
 
     def _input_hook(self, name: str):
         def hook(module, args):
             return (_scale_channels(args[0], self.weights[name]), *args[1:])
+
+        return hook
+
+    def _gate_hook(self, name: str):
+        def hook(module, args):
+            kept = (self.weights[name] > 0).to(args[0].dtype)
+            return (_scale_channels(args[0], kept), *args[1:])
 
         return hook
 

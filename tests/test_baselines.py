@@ -172,8 +172,8 @@ def trained_net() -> tuple[nn.Module, list[Unit], list, list]:
             optimizer.step()
     net.eval()
     units = [
-        Unit("u1", ChannelSpace("c1", 24, ("0", "1"), ("3",)), "3", "input", "0"),
-        Unit("u2", ChannelSpace("c2", 32, ("3", "4"), ("8",)), "8", "input", "3"),
+        Unit("u1", ChannelSpace("c1", 24, ("0", "1"), ("3",)), "3", "input", "0", producer="0"),
+        Unit("u2", ChannelSpace("c2", 32, ("3", "4"), ("8",)), "8", "input", "3", producer="3"),
     ]
     selection = list(torch.utils.data.DataLoader(train, batch_size=100))
     held_out = list(torch.utils.data.DataLoader(val, batch_size=200))

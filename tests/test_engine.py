@@ -34,7 +34,8 @@ def tiny_net(seed: int = 0) -> nn.Module:
 def tiny_units() -> list[Unit]:
     first = ChannelSpace("c1", 8, ("0", "1"), ("3",))
     second = ChannelSpace("c2", 6, ("3", "4"), ("8",))
-    return [Unit("u1", first, "3", "input", "0"), Unit("u2", second, "8", "input", "3")]
+    return [Unit("u1", first, "3", "input", "0", producer="0"),
+            Unit("u2", second, "8", "input", "3", producer="3")]
 
 
 class Recorder:

@@ -44,13 +44,14 @@ def small_vgg_units() -> list[Unit]:
               ("conv2", 32, "features.3", "features.4", "features.7"),
               ("conv3", 32, "features.7", "features.8", "classifier")]
     return [Unit(name, ChannelSpace(name, size, (conv, bn), (reader,)), site=reader,
-                 side="input", block=conv)
+                 side="input", block=conv, producer=conv)
             for name, size, conv, bn, reader in layers]
 
 
 SMALL_VGG = models.register(models.Architecture(
     name="small_vgg", title="SmallVGG", build=lambda width, num_classes: SmallVGG(num_classes),
-    units=lambda model, kind: small_vgg_units(), unit_kinds=("conv",)))
+    units=lambda model, kind: small_vgg_units(), unit_kinds=("conv",),
+    recipe={"lr": 0.01, "lr_schedule": "cosine"}))
 
 
 def trained_model() -> tuple[nn.Module, list, torch.Generator]:
