@@ -18,10 +18,13 @@ fc2's output rows and biases (fc1 consumes the channel space, fc2 produces it). 
 have no SE: their units are additive. BatchNorm eps 1e-3 and momentum 0.01 are torchvision's.
 """
 
+from collections.abc import Mapping
+
 import torch
 import torchvision_compat  # noqa: F401  (must precede torchvision on the CPU-only torch)
 import torchvision
 from torch import nn
+from torchvision.models._utils import _make_divisible
 from torchvision.ops.misc import SqueezeExcitation
 
 from models.registry import Architecture, register
@@ -126,6 +129,20 @@ def split(model: nn.Module, unit: Unit) -> UnitSplit:
     return UnitSplit(prefix, hidden, layers[-1][0], tail, rest, gate)
 
 
+def infer_width(state: Mapping[str, torch.Tensor]) -> float | None:
+    """The width multiplier whose channel counts the state_dict has (read at the last conv,
+    ``_make_divisible(576 * width, 8)``, and the first classifier layer, ``1024 * width``), or
+    None."""
+    try:
+        channels = (state["features.12.0.weight"].shape[0], state["classifier.0.weight"].shape[0])
+    except KeyError:
+        return None
+    for width in WIDTHS:
+        if channels == (_make_divisible(576 * width, 8), _make_divisible(1024 * width, 8)):
+            return width
+    return None
+
+
 def _classifier_init(linear: nn.Linear) -> None:
     nn.init.normal_(linear.weight, 0, 0.01)  # torchvision's mobilenet_v3 initialization
     nn.init.zeros_(linear.bias)
@@ -144,5 +161,5 @@ ARCHITECTURE = register(Architecture(
     unit_kinds=UNIT_KINDS, split=split, widths=WIDTHS,
     head_keys=("classifier.3.weight", "classifier.3.bias"), classifier_init=_classifier_init,
     recipe={"lr": 0.01, "lr_schedule": "cosine"}, torchvision_weights="mobilenet_v3_small",
-    script="mobile3", layouts={"cifar": cifar_layout},
+    infer_width=infer_width, script="mobile3", layouts={"cifar": cifar_layout},
 ))

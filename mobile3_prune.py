@@ -1,0 +1,14 @@
+"""Prune a pretrained MobileNetV3-Small by layer-wise greedy forward selection (Ye et al., 2020).
+
+    python mobile3_prune.py --dataset imagenet --data-path /data/imagenet \
+        --pretrained IMAGENET1K_V1 --epsilon 0.05 --output-dir runs/mobile3_eps0.05
+
+Writes pruned.pth (slim weights + cfg) and summary.json to --output-dir; see prune_cli.py for
+every option and README.md for the settings behind the paper's tables.
+"""
+
+import torchvision_compat  # noqa: F401
+from prune_cli import main
+
+if __name__ == "__main__":
+    main("mobilenet_v3_small")
