@@ -1,7 +1,8 @@
 """Architecture knowledge: which networks exist, how to build them, and their prunable units.
 
 The families register themselves in ``models.registry`` (one module each: ``mobilenet_v2``,
-``resnet34``); everything here looks them up by name, so no other code compares architecture
+``resnet34``, ``mobilenet_v3`` (Small), ``proxylessnas`` (Mobile)); everything here looks them
+up by name, so no other code compares architecture
 names. The engine (``pruning/``) never names a layer: it gets units and splits from here.
 Your own network joins by registering an ``Architecture`` (README, "Prune your own model").
 """
@@ -10,10 +11,11 @@ from collections.abc import Callable
 
 from torch import nn
 
-from models import mobilenet_v2, resnet34  # noqa: F401  (they register themselves)
+# they register themselves, in this order (the order of models.names())
+from models import mobilenet_v2, resnet34, mobilenet_v3, proxylessnas  # noqa: F401, I001
 from models.registry import DEFAULT_LAYOUT, Architecture, get, names, register
 from pruning.checkpoint import Checkpoint, read, rebuild
-from pruning.units import Unit, UnitSplit
+from pruning.units import Unit, UnitSplit, check_units
 
 __all__ = ["DEFAULT_LAYOUT", "Architecture", "build", "default_layout", "get", "load_model",
            "load_pruned", "names", "prunable_units", "register", "splitter"]
@@ -44,7 +46,9 @@ def prunable_units(arch: str, model: nn.Module, kind: str | None = None) -> list
     if kind not in family.unit_kinds:
         raise ValueError(f"--units: {family.title} unit kind must be one of "
                          f"{family.unit_kinds}, got {kind!r}")
-    return family.units(model, kind)
+    units = family.units(model, kind)
+    check_units(model, units)
+    return units
 
 
 def splitter(arch: str, model: nn.Module) -> Callable[[Unit], UnitSplit]:
