@@ -56,16 +56,17 @@ from torch.utils.data import Dataset, Subset
 import data
 import models
 from data.seeding import mix_seed, seed_everything
-from models.weights import PretrainedDownloadError, load_pretrained
+from models.weights import PretrainedDownloadError, flagged, load_pretrained
 from pruning import distributed
-from pruning.arguments import (HelpFormatter, UsageError, add_shared_arguments, check_same_run,
-                               check_shared, finite_float, flag, plain, require_at_least)
-from pruning.checkpoint import Checkpoint, CheckpointError, read, save
+from pruning.arguments import (ArgumentParser, HelpFormatter, UsageError, add_shared_arguments,
+                               check_images, check_same_run, check_shared, finite_float, flag,
+                               plain, require_at_least, require_batchnorm_batch)
+from pruning.checkpoint import Checkpoint, CheckpointError, read, save, write_atomic
 from pruning.command import run_command
 from pruning.flops import macs_and_params
 from pruning.grda import sparsity_report
 from pruning.precision import device_name, runtime_record, set_tf32, tf32_in_effect
-from pruning.rundir import RunDir
+from pruning.rundir import KINDS, RunDir
 from pruning.runlog import RunLog
 from pruning.stop import require_finite, require_finite_parameters
 from pruning.training import (RANK_STREAM, evaluate, make_optimizer, make_scheduler, rng_state,
@@ -78,6 +79,8 @@ __all__ = ["UsageError", "build_parser", "check_args", "evaluate", "main", "make
 SGD_DEFAULTS = {"momentum": 0.9, "weight_decay": 5e-5, "nesterov": True}
 #: gRDA's (c, mu): the example of the authors' README (Chao et al., 2020).
 GRDA_DEFAULTS = {"grda_c": 0.005, "grda_mu": 0.51}
+#: Liu et al.'s cap of the Scratch-B budget on ImageNet.
+SCRATCH_MAX_FACTOR = 2.0
 
 #: Arguments that define the training run: a resumed run must use the same values.
 RUN_ARGS = (
@@ -86,7 +89,7 @@ RUN_ARGS = (
     "epochs", "batch_size", "lr", "lr_schedule", "optimizer", "momentum", "weight_decay",
     "nesterov", "grda_c", "grda_mu", "label_smoothing", "amp", "seed",
 )
-TRAINING_FILES = ("last.pth", "best.pth", "epoch_*.pth", "metrics.jsonl", "summary.json", "tb")
+TRAINING_FILES = KINDS["fine-tune"].files  # what a run writes: pruning.rundir
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,7 +101,7 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     """Every knob of the run; defaults that depend on others are resolved by check_args."""
     family = models.get(arch)
     recipe = ", ".join(f"{k} {v}" for k, v in family.recipe.items())
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=f"Fine-tune, re-train or train {family.title} (Ye et al., 2020, "
                     "Sections 4.1-4.2).", formatter_class=HelpFormatter)
     add_shared_arguments(p, family.title, family.has_width, family.layout_names,
@@ -113,7 +116,7 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     m.add_argument("--from-scratch", action="store_true",
                    help="with --pruned: re-initialize the slim architecture randomly and train "
                         "for the Scratch-B budget (Liu et al., 2019; paper Table 2)")
-    m.add_argument("--scratch-max-factor", type=finite_float, default=2.0,
+    m.add_argument("--scratch-max-factor", type=finite_float, default=SCRATCH_MAX_FACTOR,
                    help="--from-scratch trains epochs x min(dense MACs / pruned MACs, this); "
                         "Liu et al. cap ImageNet at 2; 1 gives Scratch-E")
     p.add_argument("--synthetic-val-images", type=int, default=1000,
@@ -169,6 +172,13 @@ def check_args(args: argparse.Namespace, world: distributed.World) -> None:
     if args.batch_size % world.size:
         raise UsageError(f"--batch-size {args.batch_size} is not divisible by world size "
                          f"{world.size}")
+    if not args.evaluate_only:
+        require_batchnorm_batch(args.batch_size, processes=world.size)
+    if args.evaluate_only:
+        check_images(args, {"--eval-batch-size": args.eval_batch_size}, training=False)
+    else:
+        check_images(args, {"--batch-size": args.batch_size // world.size}, training=True,
+                     bytes_per_float=2 if args.amp else 4)
     if args.pruned and args.pretrained:
         raise UsageError("--pruned and --pretrained exclude each other: a pruned checkpoint "
                          "already holds its weights")
@@ -177,6 +187,9 @@ def check_args(args: argparse.Namespace, world: distributed.World) -> None:
                          "model without --pretrained is already trained from scratch)")
     if args.scratch_max_factor < 1:
         raise UsageError(f"--scratch-max-factor must be >= 1, got {args.scratch_max_factor}")
+    if not args.from_scratch and args.scratch_max_factor != SCRATCH_MAX_FACTOR:
+        raise UsageError(f"--scratch-max-factor {args.scratch_max_factor}: sets the budget of "
+                         "--from-scratch, which is not given (it would be ignored)")
     if args.evaluate_only and (args.resume or args.from_scratch):
         raise UsageError("--evaluate-only takes neither --resume nor --from-scratch")
     if not 0 <= args.label_smoothing < 1:
@@ -274,7 +287,7 @@ def build_model(args: argparse.Namespace, num_classes: int, resume: Checkpoint |
         loaded = load_pretrained(model, args.arch, args.pretrained, layout=args.layout)
         return model, None, loaded.split(" <- ")[-1]
     except (ValueError, FileNotFoundError, PretrainedDownloadError) as error:
-        raise UsageError(f"--pretrained {args.pretrained}: {error}") from error
+        raise UsageError(flagged("--pretrained", args.pretrained, error)) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -303,6 +316,7 @@ class Setup:
     params: int
     dense_macs: int
     dense_params: int
+    folder: RunDir | None = None  # rank 0 claimed it; commit after a checkpoint (rundir)
 
 
 def build_split(args: argparse.Namespace, split: str, image_size: int) -> tuple[Dataset, int]:
@@ -338,16 +352,18 @@ def load_data(args: argparse.Namespace, world: distributed.World,
     return train_set, val_set, num_classes
 
 
-def start_run(args: argparse.Namespace) -> Checkpoint | None:
-    """The run-folder policy (``pruning.rundir``): last.pth to resume from, or None."""
-    out = Path(args.output_dir)
-    training = RunDir(out, TRAINING_FILES, "last.pth", None)
-    if args.evaluate_only:
-        evaluation = RunDir(out, ("summary.json",), None, "summary.json", "an evaluation")
-        evaluation.refuse(training, "a training run")
-        evaluation.start(resume=False, overwrite=args.overwrite)
-        return None
-    path = training.start(args.resume, args.overwrite)
+def run_folder(args: argparse.Namespace) -> RunDir:
+    """The run folder (``pruning.rundir``): a fine-tune run's, or an evaluation's."""
+    return RunDir(Path(args.output_dir), "evaluate" if args.evaluate_only else "fine-tune",
+                  args.arch)
+
+
+def start_run(args: argparse.Namespace, folder: RunDir | None = None) -> Checkpoint | None:
+    """The run-folder policy (``pruning.rundir``), applied by rank 0 (the lock, the folder's
+    kind, resume or refuse): last.pth to resume from, or None."""
+    folder = folder or run_folder(args)
+    path = distributed.on_main(lambda: folder.claim(args.resume and not args.evaluate_only,
+                                                    args.overwrite))
     if path is None:
         return None
     try:
@@ -368,7 +384,19 @@ def prepare(arch: str, argv: list[str] | None) -> Setup:
     args.width = getattr(args, "width", None)  # only families with a width multiplier have it
     check_args(args, distributed.world_from_env())
     world = distributed.init(args.device.type)  # as the prune scripts: before any data
-    resume = start_run(args)
+    folder = run_folder(args)
+    try:
+        return prepared(args, world, folder, start_run(args, folder))
+    except BaseException:
+        folder.release()
+        raise
+
+
+def prepared(args: argparse.Namespace, world: distributed.World, folder: RunDir,
+             resume: Checkpoint | None) -> Setup:
+    """``prepare`` once rank 0 has claimed the folder: every input is read (into memory) before
+    the folder changes; only then does --overwrite move the old run aside (``RunDir.begin``)."""
+    arch = args.arch
     # checked before any data is read: a checkpoint of another architecture fails in a second
     pruned = (read_pruned(args.pruned, arch, args.layout) if args.pruned and resume is None
               else None)
@@ -385,8 +413,10 @@ def prepare(arch: str, argv: list[str] | None) -> Setup:
     epochs = (scratch_epochs(args.epochs, dense_macs, macs, args.scratch_max_factor)
               if args.from_scratch else args.epochs)
     log = RunLog(Path(args.output_dir), world.is_main, not args.no_progress)
+    distributed.barrier()  # every rank has read its inputs: the folder may change now
+    distributed.on_main(folder.begin)
     return Setup(args, world, log, resume, model, width, shape, init, train_set, val_set,
-                 num_classes, image_size, epochs, macs, params, dense_macs, dense_params)
+                 num_classes, image_size, epochs, macs, params, dense_macs, dense_params, folder)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -414,6 +444,8 @@ def evaluate_only(setup: Setup, net: nn.Module, start: float) -> dict[str, Any]:
     require_finite(metrics["val_loss"], "the model's validation loss")
     summary = summary_of(setup, metrics, 0, time.time() - start, {})
     path = setup.log.write_json("summary.json", summary)
+    if setup.world.is_main and setup.folder is not None:
+        setup.folder.commit()  # the evaluation's one file: the run --overwrite replaced goes
     setup.log.say(f"top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%, "
                   f"loss {metrics['val_loss']:.4f}; wrote {path}")
     return summary
@@ -436,6 +468,8 @@ def restore(setup: Setup, optimizer, scheduler, scaler) -> Progress:
     args, world, resume = setup.args, setup.world, setup.resume
     if resume is None:
         seed_everything(mix_seed(args.seed, RANK_STREAM, world.rank))
+        if world.is_main:  # lines of an attempt that stopped before its first checkpoint
+            (setup.log.out / "metrics.jsonl").unlink(missing_ok=True)
         return Progress()
     state = resume.state
     optimizer.load_state_dict(state["optimizer"])
@@ -450,18 +484,42 @@ def restore(setup: Setup, optimizer, scheduler, scaler) -> Progress:
                       "random state re-seeded, so the run will not repeat the uninterrupted "
                       "one exactly")
         seed_everything(mix_seed(args.seed, RANK_STREAM, world.rank, progress.epoch))
-    if world.is_main:
-        keep_metrics_up_to(setup.log.out / "metrics.jsonl", progress.epoch)
+    distributed.on_main(lambda: keep_metrics_up_to(setup.log.out / "metrics.jsonl",
+                                                   progress.epoch))
     setup.log.say(f"resuming after epoch {progress.epoch} of {setup.epochs}")
     return progress
 
 
 def keep_metrics_up_to(path: Path, epoch: int) -> None:
-    """Drop metrics lines of epochs after the checkpoint (written just before a crash)."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines()
-                 if line.strip() and json.loads(line)["epoch"] <= epoch]
-        path.write_text("".join(line + "\n" for line in lines))
+    """Drop metrics lines of epochs after the checkpoint (written just before a crash), and a
+    torn last line (a crash while it was appended: that epoch was never saved); any other line
+    that is not an epoch's metrics is refused in one line naming the file and the line."""
+    if not path.exists():
+        return
+    try:
+        text = path.read_text()
+    except (OSError, ValueError) as error:
+        raise UsageError(f"--resume: cannot read {path} ({error}); move it away (the "
+                         "checkpoints do not depend on it) and --resume again") from None
+    lines, kept = text.splitlines(), []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict) or not isinstance(entry.get("epoch"), int):
+                raise ValueError("no integer 'epoch'")
+        except ValueError as error:
+            if number == len(lines) and not text.endswith("\n"):
+                continue  # torn: the run stopped while appending it, before its checkpoint
+            raise UsageError(f"--resume: {path}, line {number}: not an epoch's metrics "
+                             f"({str(error)[:80]}); repair or delete that line (the checkpoints "
+                             "do not depend on it) and --resume again") from None
+        if entry["epoch"] <= epoch:
+            kept.append(line)
+    new = "".join(line + "\n" for line in kept)
+    if new != text:
+        write_atomic(path, lambda f: f.write(new.encode()))
 
 
 def save_checkpoints(setup: Setup, net: nn.Module, progress: Progress, is_best: bool,
@@ -542,11 +600,17 @@ def train(setup: Setup, net: nn.Module) -> dict[str, Any]:
         progress.seconds = seconds_before + time.time() - run_start
         states = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                   "scaler": scaler.state_dict(), "rng": distributed.all_gather_objects(rng_state())}
-        if world.is_main:
+
+        def save_epoch(is_best=is_best, states=states, metrics=metrics) -> None:
+            """Rank 0 writes; a full disk stops every rank (``distributed.on_main``)."""
             log.append_jsonl("metrics.jsonl", progress.metrics)
             save_checkpoints(setup, net, progress, is_best, states)
+            if setup.folder is not None:
+                setup.folder.commit()  # the first checkpoint: the run --overwrite replaced goes
             for name in ("train_loss", "lr", "val_loss", "top1", "top5"):
                 log.scalar(f"epoch/{name}", metrics[name], progress.epoch)
+
+        distributed.on_main(save_epoch)
         m = progress.metrics
         log.say(f"epoch {progress.epoch}/{setup.epochs}: train loss {m['train_loss']:.4f}, lr "
                 f"{m['lr']:.3g}; val loss {m['val_loss']:.4f}, top-1 {m['top1']:.2f}%, top-5 "
@@ -572,7 +636,7 @@ def finish(setup: Setup, net: nn.Module, optimizer, progress: Progress) -> dict[
 
 def run(arch: str, argv: list[str] | None = None) -> dict[str, Any]:
     """Train (or evaluate) as the arguments say; returns the summary (on every rank)."""
-    start = time.time()
+    start, setup = time.time(), None
     try:
         setup = prepare(arch, argv)
         net = setup.model.to(setup.args.device)
@@ -586,6 +650,8 @@ def run(arch: str, argv: list[str] | None = None) -> dict[str, Any]:
             return evaluate_only(setup, net, start)
         return train(setup, net)
     finally:
+        if setup is not None and setup.folder is not None:
+            setup.folder.release()
         distributed.cleanup()
 
 

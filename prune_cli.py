@@ -48,10 +48,11 @@ from torch.utils.data import DataLoader, Dataset, Subset
 import data
 import models
 from data.seeding import seed_everything
-from models.weights import PretrainedDownloadError, load_pretrained
+from models.weights import PretrainedDownloadError, flagged, load_pretrained
 from pruning import distributed
-from pruning.arguments import (HelpFormatter, UsageError, add_shared_arguments, check_same_run,
-                               check_shared, finite_float, plain, require_at_least)
+from pruning.arguments import (ArgumentParser, HelpFormatter, UsageError, add_shared_arguments,
+                               check_images, check_same_run, check_shared, finite_float, plain,
+                               require_at_least)
 from pruning.baselines import FIXED_SIZE_METHODS, backward_elimination, fixed_size_counts
 from pruning.checkpoint import Checkpoint, CheckpointError, read, save, selection_cfg
 from pruning.command import run_command
@@ -72,7 +73,7 @@ from pruning.rundir import RunDir
 from pruning.runlog import RunLog
 from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection, unit_seed
 from pruning.shortlist import ShortlistEvaluator
-from pruning.slim import float64_logits, slim_verification
+from pruning.slim import verify_slim
 from pruning.stop import (LossGap, MatchKept, MaxFraction, StopRule, Top1Tolerance,
                           require_finite, require_finite_parameters)
 from pruning.units import Unit
@@ -91,7 +92,7 @@ METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
 
 def build_parser(arch: str) -> argparse.ArgumentParser:
     family = models.get(arch)
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         description=f"Prune {family.title} by layer-wise greedy forward selection "
                     "(Ye et al., 2020).", formatter_class=HelpFormatter)
     add_shared_arguments(p, family.title, family.has_width, family.layout_names,
@@ -163,6 +164,8 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--epsilon must be > 0, got {args.epsilon}")
     for name in ("batch_size", "eval_images"):
         require_at_least(args, name, 1)
+    check_images(args, {"--batch-size": args.batch_size, "--eval-batch-size": args.eval_batch_size},
+                 training=False)
     if args.finetune_between < 0:
         raise UsageError(f"--finetune-between must be >= 0, got {args.finetune_between}")
     if not args.finetune_lr > 0:
@@ -170,6 +173,15 @@ def check_args(args: argparse.Namespace) -> None:
     MaxFraction(args.keep_fraction)
     Top1Tolerance(args.top1_tol, measure=None)
     SelectionSettings(candidates=args.candidates)
+    if args.match_kept:
+        parser = build_parser(args.arch)
+        ignored = [f"--{name.replace('_', '-')} {getattr(args, name)}"
+                   for name in ("stop", "epsilon", "top1_tol", "keep_fraction")
+                   if getattr(args, name) != parser.get_default(name)]
+        if ignored:
+            raise UsageError(f"--match-kept {args.match_kept} stops every unit at that run's kept "
+                             f"counts, so {' '.join(ignored)} would be ignored: give one or the "
+                             "other")
     if args.method in FIXED_SIZE_METHODS and args.stop != "fraction" and not args.match_kept:
         raise UsageError(f"--method {args.method} keeps a given number of channels: "
                          "use --stop fraction --keep-fraction F or --match-kept PATH")
@@ -278,6 +290,7 @@ class Job:
     measure: SubsetMeasure | ShardedMeasure
     stop: StopRule
     start: float
+    folder: RunDir | None = None  # rank 0 claims it, commits after a checkpoint (rundir)
 
 
 def parse(arch: str, argv: list[str] | None) -> argparse.Namespace:
@@ -287,8 +300,8 @@ def parse(arch: str, argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_dir(args: argparse.Namespace) -> RunDir:
-    return RunDir(Path(args.output_dir), ("pruned.pth", "masked.pth", "summary.json",
-                                          STATE_FILE, "tb"), STATE_FILE, "pruned.pth")
+    """The run folder of a prune run (``pruning.rundir``: its files, the lock, --overwrite)."""
+    return RunDir(Path(args.output_dir), "prune", args.arch)
 
 
 def read_state(path: Path | None, args: argparse.Namespace) -> Checkpoint | None:
@@ -309,8 +322,11 @@ def check_pretrained(args: argparse.Namespace) -> None:
     """Weights of another architecture or width are refused before any data is scanned."""
     if args.pretrained:
         checked = models.build(args.arch, args.width, layout=args.layout)
-        load_pretrained(checked, args.arch, args.pretrained, allow_head_mismatch=True,
-                        layout=args.layout)
+        try:
+            load_pretrained(checked, args.arch, args.pretrained, allow_head_mismatch=True,
+                            layout=args.layout)
+        except (ValueError, FileNotFoundError) as error:
+            raise UsageError(flagged("--pretrained", args.pretrained, error)) from None
         require_finite_parameters(checked, f"--pretrained {args.pretrained}")
 
 
@@ -343,10 +359,17 @@ def build_stop(args: argparse.Namespace, units: list[Unit], dense_loss: float,
     return RankZeroStop(stop) if world.distributed else stop  # one verdict for all ranks
 
 
-def setup(args: argparse.Namespace, world: distributed.World) -> Job:
-    """The run folder, data, pretrained model, units, dense measurement and stop rule."""
+def setup(args: argparse.Namespace, world: distributed.World,
+          folder: RunDir | None = None) -> Job:
+    """The run folder, data, pretrained model, units, dense measurement and stop rule.
+
+    Rank 0 claims the folder first (the lock, its kind, resume or refuse); every input is read
+    before the folder changes, and only then does --overwrite move the old run aside.
+    """
+    folder = folder or run_dir(args)
     log = RunLog(Path(args.output_dir), world.is_main, not args.no_progress)
-    saved = read_state(run_dir(args).start(args.resume, args.overwrite), args)
+    saved = read_state(distributed.on_main(lambda: folder.claim(args.resume, args.overwrite)),
+                       args)
     match_cfg = read_match_kept(args.match_kept) if args.match_kept else None
     check_pretrained(args)
     start = time.time()
@@ -376,9 +399,12 @@ def setup(args: argparse.Namespace, world: distributed.World) -> Job:
     splits = models.splitter(args.arch, model) if args.evaluator == "fast" else None
     measure = (ShardedMeasure(model, eval_batches, splits) if world.distributed else
                SubsetMeasure(model, eval_batches, splits))
+    stop = build_stop(args, units, dense[0], measure, match_cfg, world)
+    distributed.barrier()  # every rank has read its inputs: the folder may change now
+    distributed.on_main(folder.begin)
     return Job(args, world, log, train_set, num_classes, image_size, eval_batches, model, units,
                Masks(model, units), dense, saved, BatchStream(loader, args.device, drawn),
-               measure, build_stop(args, units, dense[0], measure, match_cfg, world), start)
+               measure, stop, start, folder)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,10 +479,15 @@ class SelectionProgress:
             job.measure.forget()
             require_finite(job.measure()[0], f"after the short fine-tune following unit "
                            f"{unit.name}, the loss on the evaluation subset")
-        if job.world.is_main:
+
+        def save_state() -> None:  # rank 0; a full disk stops every rank (distributed.on_main)
             save(self.checkpoint("selection", job.model.state_dict(), None, selection_args(
                 job.args), {}, {"completed": counts, "batches_drawn": job.batches.drawn,
                                 "seconds": self.seconds()}), Path(job.args.output_dir) / STATE_FILE)
+            if job.folder is not None:
+                job.folder.commit()  # the first checkpoint: the run --overwrite replaced goes
+
+        distributed.on_main(save_state)
 
     def seconds(self) -> float:
         return time.time() - self.job.start + self.seconds_before
@@ -494,15 +525,14 @@ def select(job: Job, progress: SelectionProgress) -> dict[str, torch.Tensor]:
 
 def slim(job: Job) -> tuple[nn.Module, dict, dict[str, torch.Tensor], dict]:
     """The slim network, its kept channels, the mixing weights, and its verification: the slim
-    logits against the masked network's and both against a float64 reference."""
-    model, masks = job.model, job.masks
+    logits against the masked network's and both against a float64 reference. A slim network
+    that is not the masked one ends the run (``pruning.slim.SlimMismatch``, exit status 1)
+    before anything is written: the selection stays in the state file."""
     probe = job.eval_batches[0][0][:64]  # the float64 reference is slow on a CPU at 224 px
-    with torch.no_grad(), exact_float32():
-        masked_logits = model(probe)
-        reference = float64_logits(model, probe)
-    network, kept, weights = masks.slim(model)
-    with torch.no_grad(), exact_float32():
-        verification = slim_verification(network(probe), masked_logits, reference)
+    weights = {name: w.detach().clone() for name, w in job.masks.weights.items()}
+    job.masks.remove()
+    with exact_float32():
+        network, kept, verification = verify_slim(job.model, job.units, weights, probe)
     return network, kept, weights, verification
 
 
@@ -570,15 +600,25 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
     """Setup -> select -> slim -> report; returns the summary (on every rank)."""
     args = parse(arch, argv)
     world = distributed.init(args.device.type)
-    job = setup(args, world)
-    previous = job.saved.state["seconds"] if job.saved is not None else 0.0
-    progress = SelectionProgress(job, job.saved.state["completed"] if job.saved else {}, previous)
-    counts = select(job, progress)
-    return report(job, progress, counts)
+    folder = run_dir(args)
+    try:
+        job = setup(args, world, folder)
+        previous = job.saved.state["seconds"] if job.saved is not None else 0.0
+        progress = SelectionProgress(job, job.saved.state["completed"] if job.saved else {},
+                                     previous)
+        counts = select(job, progress)
+        summary = report(job, progress, counts)
+        if world.is_main:
+            folder.commit()  # a fixed-size method's first checkpoint is pruned.pth
+        return summary
+    finally:
+        folder.release()
 
 
 def main(arch: str) -> None:
     run_command(lambda: run(arch), bad_input=(PretrainedDownloadError,),
                 on_nonfinite=f"the selection stops (the completed units stay in {STATE_FILE})",
+                on_mismatch=f"nothing was written; the selection stays in {STATE_FILE}: fix the "
+                            f"unit declaration and --resume",
                 on_interrupt="the completed units are saved; continue with the same command "
                              "and --resume")

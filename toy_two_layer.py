@@ -18,23 +18,22 @@ import argparse
 import json
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-from pruning.arguments import positive_int
+from pruning.arguments import MAX_SEED, ArgumentParser, output_folder, positive_int, seed
 from pruning.two_layer.experiments import run
 from pruning.two_layer.settings import Settings, quick_settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/demo"),
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=output_folder, default="runs/demo",
                    help="output folder (fig/ holds the committed copies)")
     p.add_argument("--quick", action="store_true",
                    help="small pre-training sweep and 2 seeds by default (for the tests)")
-    p.add_argument("--seed", type=int, default=0, help="first seed")
+    p.add_argument("--seed", type=seed, default=0, help="first seed")
     p.add_argument("--seeds", type=positive_int, default=None,
                    help="number of seeds seed, seed+1, ... (default 5, or 2 with --quick)")
     p.add_argument("--workers", type=positive_int, default=Settings.workers,
@@ -46,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--out {args.out} exists and is not a folder")
     if args.seeds is None:
         args.seeds = 2 if args.quick else 5
+    if args.seed + args.seeds - 1 > MAX_SEED:
+        p.error(f"argument --seed: --seed {args.seed} with --seeds {args.seeds} goes past the "
+                "largest seed, 2**63-1")
     return args
 
 

@@ -123,6 +123,9 @@ def load_mnist(root: str | Path, split: str = "train") -> tuple[np.ndarray, np.n
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{image_path}: expected unsigned-byte images of shape (n, 28, 28), got "
                         f"{images.dtype} of shape {images.shape}")
+    if len(images) == 0:
+        raise DataError(f"{image_path}: holds 0 images (an empty IDX file of shape "
+                        f"{images.shape}); expected MNIST's {split} images")
     if labels.dtype != np.uint8 or labels.ndim != 1:
         raise DataError(f"{label_path}: expected a 1-d array of unsigned-byte labels, got "
                         f"{labels.dtype} of shape {labels.shape}")

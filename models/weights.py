@@ -36,9 +36,11 @@ import torchvision_compat  # noqa: F401  (must precede torchvision on the CPU-on
 from torchvision.models import get_model_weights
 
 from models.registry import Architecture, get
+from pruning.checkpoint import load_error
 
 __all__ = [
     "PretrainedDownloadError",
+    "flagged",
     "load_pretrained",
     "load_state_dict_file",
 ]
@@ -116,15 +118,25 @@ def load_pretrained(
         valid = (f"valid for {arch}: {', '.join(_enum_names(family))}"
                  if family.torchvision_weights else f"{arch} has no torchvision weights")
         raise FileNotFoundError(
-            f"pretrained weights {str(spec)!r}: no such file, and not a torchvision weights name "
-            f"({valid})"
+            f"{path}: no such file, and not a torchvision weights name ({valid})"
         )
-    skipped = _load_checked(model, family, state, allow_head_mismatch=allow_head_mismatch)
+    skipped = _load_checked(model, family, state, allow_head_mismatch=allow_head_mismatch,
+                            source=str(path) if path.is_file() else f"torchvision {spec}")
     description = f"{arch} ({family.describe(model.state_dict())}) <- {source}"
     if skipped:
         details = ", ".join(f"{k} {list(f)} in file vs {list(m)} in model" for k, f, m in skipped)
         description += f"; classifier not loaded (kept at initialisation): {details}"
     return description
+
+
+def flagged(flag: str, spec: str | Path, error: BaseException) -> str:
+    """``load_pretrained``'s refusal of ``spec`` as the command lines print it, naming the flag:
+    ``--pretrained w.pth: ...``. Its messages about a file start with the file, so the flag goes
+    in front rather than the file twice."""
+    text = str(error)
+    if text.startswith(f"{Path(spec).expanduser()}: "):
+        return f"{flag} {text}"
+    return f"{flag} {spec}: {text}"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,18 +158,19 @@ def load_state_dict_file(path: str | Path,
         with torch.serialization.safe_globals([argparse.Namespace]):
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # pickle/zip errors have no common base class
-        raise ValueError(
-            f"cannot read {path} as a PyTorch checkpoint with weights_only=True ({error}). "
-            "If it holds Python objects besides tensors, re-save just its state_dict: "
-            "torch.save(checkpoint['state_dict'], 'weights.pth')"
-        ) from error
+        detail = load_error(error)  # torch's own text runs to a page: its gist in one clause
+        advice = (" (if the file is yours, re-save just its state_dict: "
+                  "torch.save(checkpoint['state_dict'], 'weights.pth'))"
+                  if "Python object" in detail else "")
+        what = "" if advice else "cannot read it as a PyTorch checkpoint with weights_only=True: "
+        raise ValueError(f"{path}: {what}{detail}{advice}") from None
     recorded = obj.get("layout") if isinstance(obj, Mapping) and "arch" in obj else None
     if layout is not None and recorded is not None and recorded != layout:
-        raise ValueError(f"{path} holds a network of the {recorded} layout; this run builds the "
+        raise ValueError(f"{path}: holds a network of the {recorded} layout; this run builds the "
                          f"{layout} layout (--layout {recorded} to continue from it)")
     if isinstance(obj, Mapping) and obj.get("cfg") is not None and "arch" in obj:
         raise ValueError(
-            f"{path} is a pruned checkpoint (a slim {obj['arch']} and the cfg of its kept "
+            f"{path}: is a pruned checkpoint (a slim {obj['arch']} and the cfg of its kept "
             "channels), not dense weights: give it to the fine-tune script's --pruned"
         )
     entries: list[str] = []
@@ -172,7 +185,7 @@ def load_state_dict_file(path: str | Path,
     if not isinstance(obj, Mapping) or not _is_state_dict(obj):
         keys = list(obj)[:10] if isinstance(obj, Mapping) else type(obj).__name__
         raise ValueError(
-            f"{path} holds no state_dict: expected a mapping of parameter names to tensors, "
+            f"{path}: holds no state_dict: expected a mapping of parameter names to tensors, "
             f"possibly under one of the keys {list(_WRAPPER_KEYS)}; found {keys}"
         )
     state = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
@@ -251,8 +264,10 @@ def _load_checked(
     state: Mapping[str, torch.Tensor],
     *,
     allow_head_mismatch: bool,
+    source: str = "pretrained weights",
 ) -> list[tuple[str, torch.Size, torch.Size]]:
-    """Compare every key and shape with the model, refuse any mismatch, then load strictly.
+    """Compare every key and shape with the model, refuse any mismatch (naming ``source``, the
+    file or the torchvision weights), then load strictly.
 
     Returns the classifier entries skipped under ``allow_head_mismatch`` as
     ``(key, file shape, model shape)``. A BatchNorm ``num_batches_tracked`` counter missing
@@ -278,7 +293,7 @@ def _load_checked(
         wrong_shape = [item for item in wrong_shape if item[0] not in head]
     if missing or unexpected or wrong_shape:
         raise ValueError(_mismatch_message(model, family, state, missing, unexpected,
-                                           wrong_shape))
+                                           wrong_shape, source))
     for key, _, _ in skipped:
         state[key] = expected[key]
     model.load_state_dict(state, strict=True)
@@ -292,21 +307,32 @@ def _mismatch_message(
     missing: list[str],
     unexpected: list[str],
     wrong_shape: list[tuple[str, torch.Size, torch.Size]],
+    source: str = "pretrained weights",
 ) -> str:
+    """Two lines: what is wrong with ``source`` (another width, another architecture, only the
+    classifier, or the counts), then the names that differ, a few of each kind."""
     infer = family.infer_width if family.has_width else None
     file_width = infer(state) if infer is not None else None
-    lines = [
-        f"pretrained weights do not fit the {family.name} model "
-        f"({family.describe(model.state_dict())}): "
-        f"{len(missing)} missing, {len(unexpected)} unexpected, "
-        f"{len(wrong_shape)} shape mismatches"
-    ]
+    counts = (f"{len(missing)} missing, {len(unexpected)} unexpected, "
+              f"{len(wrong_shape)} shape mismatches")
+    head = set(family.head_keys)
+    if file_width is not None and file_width != infer(model.state_dict()):
+        verdict = f"the file holds a {family.title} of width {file_width} ({counts})"
+    elif len(unexpected) > len(missing) // 2 > 0:
+        verdict = f"most names differ: the file is probably for another architecture ({counts})"
+    elif wrong_shape and not missing and not unexpected and all(k in head for k, _, _ in
+                                                                 wrong_shape):
+        verdict = ("only the classifier differs (another number of classes; in Python, "
+                   "allow_head_mismatch=True loads the rest)")
+    else:
+        verdict = counts
+    details = []
 
     def listing(title: str, items: list[str]) -> None:
         if items:
             shown = items[:_MAX_LISTED]
             more = f" ... and {len(items) - len(shown)} more" if len(items) > len(shown) else ""
-            lines.append(f"  {title} ({len(items)}): " + ", ".join(shown) + more)
+            details.append(f"{title} ({len(items)}): " + ", ".join(shown) + more)
 
     listing("missing in file", missing)
     listing("unexpected in file", unexpected)
@@ -314,13 +340,5 @@ def _mismatch_message(
         "shape mismatches (model vs file)",
         [f"{k} {list(mine)} vs {list(file)}" for k, mine, file in wrong_shape],
     )
-    if file_width is not None and file_width != infer(model.state_dict()):
-        lines.append(f"  the file holds a {family.title} of width {file_width}")
-    if len(unexpected) > len(missing) // 2 > 0:
-        lines.append("  most names differ: the file is probably for another architecture")
-    head = set(family.head_keys)
-    if wrong_shape and all(k in head for k, _, _ in wrong_shape):
-        lines.append(
-            "  only the classifier differs: pass allow_head_mismatch=True to load the rest"
-        )
-    return "\n".join(lines)
+    return (f"{source}: does not fit the {family.name} model "
+            f"({family.describe(model.state_dict())}): {verdict}\n  " + "; ".join(details))

@@ -23,10 +23,15 @@ that wrote the file, ``metrics`` its last measurements. Files are read with
 (``pruned-v1``, ``train-v1``, and the untagged selection state) are still read.
 
 Writes go to a temporary file in the same folder followed by ``os.replace``, so a crash leaves
-either the old file or the new one, never half of one.
+either the old file or the new one, never half of one. A write that fails (a full disk: torch
+says ``[enforce fail at inline_container.cc] ... unexpected pos``; any other ``OSError``) removes
+its temporary file and raises ``WriteError``, one line naming the file; the scripts end with it
+(exit status 1, ``pruning.command``).
 """
 
+import errno
 import os
+import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +59,36 @@ class CheckpointError(ValueError):
     def __init__(self, message: str, detail: str = ""):
         super().__init__(message)
         self.detail = detail or message
+
+
+class WriteError(Exception):
+    """A file of the run could not be written (a full disk, a read-only or vanished folder):
+    one line naming the file, saying that what was saved before is intact and how to go on."""
+
+
+def write_error(path: str | os.PathLike, error: BaseException, existed: bool,
+                kept: str | None = None) -> WriteError:
+    """The ``WriteError`` of a failed write of ``path`` (``existed``: an older version of it is
+    still there, untouched; ``kept``: what is intact, when that says it better)."""
+    if kept is None:
+        kept = "the previous checkpoint is intact" if existed else "no partial file was left"
+    text = str(error)
+    if (isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+            "inline_container" in text or "unexpected pos" in text):
+        return WriteError(f"no space left on device while writing {path}; {kept}; free space "
+                          "and --resume")
+    if isinstance(error, OSError):
+        reason = error.strerror or text or type(error).__name__
+        return WriteError(f"{reason.lower()} while writing {path}; {kept}; fix that and --resume")
+    return WriteError(f"could not write {path} ({text.splitlines()[0][:120] if text else error!r});"
+                      f" {kept}; fix that and --resume")
+
+
+def is_write_failure(error: BaseException) -> bool:
+    """An ``OSError``, or the ``RuntimeError`` torch.save raises when its stream fails (a full
+    disk: ``[enforce fail at inline_container.cc:672] . unexpected pos``)."""
+    return isinstance(error, OSError) or (isinstance(error, RuntimeError) and re.search(
+        r"inline_container|unexpected pos|PytorchStreamWriter", str(error)) is not None)
 
 
 @dataclass
@@ -145,19 +180,29 @@ def save_atomic(obj: Any, path: str | os.PathLike) -> None:
     """Write ``obj`` to a temporary file, flush it to the disk, then rename it over ``path``.
 
     An interruption (Ctrl-C, an error) removes the temporary file; a crash of the machine leaves
-    the old file or the new one whole, never half of one.
+    the old file or the new one whole, never half of one. A failed write (a full disk, any
+    ``OSError``) is a ``WriteError`` naming ``path``.
     """
+    write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Any], None]) -> None:
+    """``write(f)`` into a temporary binary file next to ``path``, flushed to the disk and
+    renamed over ``path``: the old file or the new one, never half of one (``save_atomic``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, Exception) and is_write_failure(error):
+            raise write_error(path, error, existed) from None
         raise
 
 
@@ -173,6 +218,13 @@ def load_error(error: BaseException) -> str:
     """The gist of why ``load`` failed, for a one-line message: torch's own text runs to a page
     and suggests ``weights_only=False``, which a damaged or foreign file never needs."""
     text = str(error).strip()
+    found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if found:  # the file pickles a Python object: the rest of torch's text is how to run it
+        return (f"it holds a Python object ({found.group(1)}) besides tensors, which "
+                "weights_only=True refuses to load (it could run code)")
+    found = re.search(r"WeightsUnpickler error: ([^\n]+)", text)
+    if found:
+        return f"loading with weights_only=True failed: {found.group(1).split('. ')[0][:120]}"
     first = text.splitlines()[0].split(". ")[0] if text else "no detail"
     return f"{type(error).__name__}: {first[:120]}"
 

@@ -11,7 +11,10 @@ callers never branch on "distributed or not".
 from __future__ import annotations
 
 import os
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -28,6 +31,8 @@ __all__ = [
     "resolve_device",
     "say",
     "is_main",
+    "on_main",
+    "peer_stopped",
     "world_from_env",
 ]
 
@@ -140,6 +145,47 @@ def all_gather_objects(obj: object) -> list[object]:
     gathered: list[object] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, obj)
     return gathered
+
+
+T = TypeVar("T")
+
+
+def on_main(action: Callable[[], T]) -> T:
+    """Run ``action`` on rank 0 only (claim the run folder, write a checkpoint) and give every
+    rank its result, or its error: the other ranks raise the same exception, so a refusal or a
+    full disk ends every rank with one line instead of leaving the others waiting in the next
+    collective. Every rank must call it at the same point (it is a collective)."""
+    result, error = None, None
+    if is_main():
+        try:
+            result = action()
+        except Exception as raised:  # noqa: BLE001 - re-raised below, on every rank
+            error = raised
+    if dist.is_initialized():
+        wire = (result, error)
+        try:
+            pickle.dumps(wire)
+        except Exception:  # noqa: BLE001 - an unpicklable error still ends every rank
+            wire = (None, RuntimeError(f"rank 0: {type(error).__name__}: {error}"))
+        shared = all_gather_objects(wire)[0]
+        if not is_main():
+            result, error = shared
+    if error is not None:
+        raise error
+    return result
+
+
+#: What the collective backends say when another rank of the job has died (gloo, NCCL).
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "remote worker",
+              "remote process exited", "Broken pipe")
+
+
+def peer_stopped(error: BaseException) -> bool:
+    """Whether ``error`` is a collective failing because another rank of the job has exited
+    (rank 0 stopped with its own message): the other ranks then end with one line, not a
+    traceback from the backend."""
+    return (isinstance(error, RuntimeError) and world_from_env().distributed
+            and any(text in str(error) for text in _PEER_GONE))
 
 
 def broadcast_buffers(model: nn.Module, src: int = 0) -> None:

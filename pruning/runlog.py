@@ -3,13 +3,21 @@
 Under ``torchrun`` every rank computes the same run, so only rank 0 prints, draws bars and
 writes; the other ranks get a ``RunLog`` whose methods do nothing. Tables and plots are built
 from the JSON files (``summary.json``, ``metrics.jsonl``), TensorBoard is for watching a run.
+JSON files are written atomically (the old file or the new one, never half of one: a launcher
+takes a step whose summary.json exists as done); a write that fails (a full disk) is a
+``pruning.checkpoint.WriteError`` naming the file, for TensorBoard's files too.
 """
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
+
+from pruning.checkpoint import is_write_failure, write_atomic, write_error
+
+TB_KEPT = "the checkpoints are intact"
 
 
 class RunLog:
@@ -33,27 +41,63 @@ class RunLog:
         """A TensorBoard scalar in ``out/tb`` (the writer is opened at the first one)."""
         if not self.is_main:
             return
-        if self._writer is None:
-            from torch.utils.tensorboard import SummaryWriter  # slow to import: only when used
+        try:
+            if self._writer is None:
+                from torch.utils.tensorboard import SummaryWriter  # slow to import: when used
 
-            self._writer = SummaryWriter(str(self.out / "tb"))
-        self._writer.add_scalar(tag, value, step)
+                _quiet_tensorboard_thread()
+                self._writer = SummaryWriter(str(self.out / "tb"))
+            self._writer.add_scalar(tag, value, step)
+        except Exception as error:
+            if is_write_failure(error):
+                raise write_error(self.out / "tb", error, False, TB_KEPT) from None
+            raise
 
     def write_json(self, name: str, obj: Any) -> Path:
         """``out/name`` as indented JSON; a NaN or infinity is an error, never a silent value."""
         path = self.out / name
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(obj, indent=2, allow_nan=False))
+            text = json.dumps(obj, indent=2, allow_nan=False)
+            write_atomic(path, lambda f: f.write(text.encode()))
         return path
 
     def append_jsonl(self, name: str, obj: Any) -> None:
+        """One line at the end of ``out/name``; a crash while writing it leaves at most a torn
+        last line, which ``--resume`` drops (``finetune_cli.keep_metrics_up_to``)."""
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            with (self.out / name).open("a") as f:
-                f.write(json.dumps(obj, allow_nan=False) + "\n")
+            path = self.out / name
+            line = json.dumps(obj, allow_nan=False) + "\n"
+            try:
+                self.out.mkdir(parents=True, exist_ok=True)
+                with path.open("a") as f:
+                    f.write(line)
+            except OSError as error:
+                raise write_error(path, error, existed=path.exists()) from None
 
     def close(self) -> None:
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            try:
+                writer.close()
+            except Exception as error:
+                if is_write_failure(error):
+                    raise write_error(self.out / "tb", error, False, TB_KEPT) from None
+                raise
+
+
+def _quiet_tensorboard_thread() -> None:
+    """TensorBoard writes its event files from a thread, whose failure (a full disk) Python
+    prints as a traceback; the writer re-raises it in the run's thread at the next scalar,
+    where it becomes a ``WriteError``. This keeps the thread's copy of it quiet."""
+    previous = threading.excepthook
+    if getattr(previous, "quiet_tensorboard", False):
+        return
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if not (type(args.thread).__name__ == "_AsyncWriterThread"
+                and isinstance(args.exc_value, Exception) and is_write_failure(args.exc_value)):
+            previous(args)
+
+    hook.quiet_tensorboard = True  # type: ignore[attr-defined]
+    threading.excepthook = hook
+

@@ -75,6 +75,15 @@ from pruning.fast_evaluators import (  # noqa: E402
     PrefixCachedEvaluator,
     default_samples_per_pass,
 )
+from pruning.arguments import (  # noqa: E402
+    ArgumentParser,
+    UsageError,
+    check_image_and_batch,
+    device,
+    nonnegative_int,
+    positive_int,
+    unit_fraction,
+)
 from pruning.masks import Masks  # noqa: E402
 from pruning.precision import CANDIDATE_PRECISIONS  # noqa: E402
 from pruning.shortlist import ShortlistEvaluator  # noqa: E402
@@ -88,24 +97,25 @@ WHOLE_DEFAULTS = {  # --whole: (GPU, CPU, --quick)
 QUALITY_QUICK = {"seeds": 1, "exact_steps": "1"}
 
 
-def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = ArgumentParser(description=__doc__.split("\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--device", type=device, default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--quick", action="store_true",
                    help="tiny defaults (16 px, batch 2, K=4, a 2-step-trained fidelity network) "
                         "for checking that the benchmark runs (scripts/gpu_check.py)")
-    p.add_argument("--image-size", type=int, help="default: 224 on GPU, 64 on CPU")
-    p.add_argument("--batch-size", type=int, help="mini-batch per step (default: 128 GPU, 32 CPU)")
-    p.add_argument("--shortlist", type=int, help="K of the shortlist rung (default: 16)")
+    p.add_argument("--image-size", type=positive_int, help="default: 224 on GPU, 64 on CPU")
+    p.add_argument("--batch-size", type=positive_int,
+                   help="mini-batch per step (default: 128 GPU, 32 CPU)")
+    p.add_argument("--shortlist", type=positive_int, help="K of the shortlist rung (default: 16)")
     p.add_argument("--precision", choices=tuple(CANDIDATE_PRECISIONS), default="fp32",
                    help="candidate losses of the +batched and shortlist rungs, as the prune "
                         "scripts' --precision (bf16 adds channels_last on GPU)")
-    p.add_argument("--fidelity-fraction", type=float,
+    p.add_argument("--fidelity-fraction", type=unit_fraction,
                    help="kept fraction of each unit in the fidelity run (default: 0.3)")
-    p.add_argument("--fidelity-batch-size", type=int,
+    p.add_argument("--fidelity-batch-size", type=positive_int,
                    help="mini-batch of the fidelity run (default: 128 GPU, 16 CPU)")
-    p.add_argument("--fidelity-train-steps", type=int,
+    p.add_argument("--fidelity-train-steps", type=nonnegative_int,
                    help="AdamW steps (batch 64) that train the fidelity run's network "
                         "(default: 400)")
     p.add_argument("--exact-steps", default="16",
@@ -115,15 +125,17 @@ def parse_args() -> argparse.Namespace:
     w.add_argument("--whole", action="store_true",
                    help="time a few steps of every unit on the prune script's own code path "
                         "and estimate a whole selection (see bench_whole.whole)")
-    w.add_argument("--width", type=float, help="default: 1.0 on GPU, 0.5 on CPU")
-    w.add_argument("--keep-fraction", type=float,
+    w.add_argument("--width", type=unit_fraction, help="default: 1.0 on GPU, 0.5 on CPU")
+    w.add_argument("--keep-fraction", type=unit_fraction,
                    help=f"kept fraction of every unit (default: about {MACS_TARGET / 1e6:.0f}M "
                         "MACs at 224 px, by bisection with ptflops)")
-    w.add_argument("--whole-steps", type=int, help="greedy steps timed per unit (default: 3)")
-    w.add_argument("--eval-images", type=int,
+    w.add_argument("--whole-steps", type=positive_int,
+                   help="greedy steps timed per unit (default: 3)")
+    w.add_argument("--eval-images", type=positive_int,
                    help="the stop rule's subset (default: 1024 GPU, 256 CPU)")
-    w.add_argument("--synthetic-images", type=int, help="default: 4096 GPU, 1024 CPU")
-    w.add_argument("--workers", type=int, help="loader workers (default: 8 GPU, 0 CPU)")
+    w.add_argument("--synthetic-images", type=positive_int, help="default: 4096 GPU, 1024 CPU")
+    w.add_argument("--workers", type=nonnegative_int,
+                   help="loader workers (default: 8 GPU, 0 CPU)")
     w.add_argument("--unit", action="append",
                    help="time only this unit (repeatable; the total then covers these only)")
     w.add_argument("--wall-clock", action="store_true",
@@ -133,16 +145,19 @@ def parse_args() -> argparse.Namespace:
     q.add_argument("--quality", action="store_true",
                    help="held-out loss and top-1 of exact greedy, the shortlist and the hybrid "
                         "at equal kept counts, per seed (see bench_shortlist.quality)")
-    q.add_argument("--seeds", type=int, default=3, help="networks (and batch streams) compared")
+    q.add_argument("--seeds", type=positive_int, default=3,
+                   help="networks (and batch streams) compared")
     q.add_argument("--variants", default="exact,shortlist,hybrid",
                    help="comma-separated: exact (always), shortlist, hybrid, exact-other (exact "
                         "greedy on another batch stream: the noise floor)")
-    args = p.parse_args()
-    args.device = torch.device(args.device)
+    args = p.parse_args(argv)
     gpu = args.device.type == "cuda"
-    args.exact_steps = [int(e) for e in
-                        (QUALITY_QUICK["exact_steps"] if args.quick and args.exact_steps == "16"
-                         else args.exact_steps).split(",") if e]
+    try:
+        args.exact_steps = [nonnegative_int(e) for e in
+                            (QUALITY_QUICK["exact_steps"] if args.quick and args.exact_steps == "16"
+                             else args.exact_steps).split(",") if e]
+    except argparse.ArgumentTypeError as error:
+        p.error(f"argument --exact-steps: {error}")
     if args.quick and args.quality:
         args.seeds = QUALITY_QUICK["seeds"]
     if args.whole:
@@ -157,6 +172,16 @@ def parse_args() -> argparse.Namespace:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.width is not None and args.width not in models.get(WHOLE).widths:
+        p.error(f"argument --width: {models.get(WHOLE).title} has the widths "
+                f"{models.get(WHOLE).widths}, got {args.width}")
+    try:  # the networks it times, before any is built
+        for arch in (WHOLE,) if args.whole or args.quality else TABLE_UNITS:
+            check_image_and_batch(arch, "imagenet", args.width or 1.0, args.image_size,
+                                  {"--batch-size": args.batch_size}, args.device, training=False,
+                                  size_given=True)
+    except UsageError as error:
+        p.error(str(error))
     return args
 
 
@@ -278,8 +303,8 @@ def whole_selection(rig: Rig, plain_per_candidate: float) -> tuple[float, float]
     return plain / exact, plain / short
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.device.type == "cpu":
         missing = {k: v for k, v in MALLOC_ENV.items() if os.environ.get(k) != v}
         if missing:

@@ -54,6 +54,7 @@ import torch  # noqa: E402
 
 import models  # noqa: E402
 from launch import prune_script, train_script  # noqa: E402
+from pruning.arguments import ArgumentParser, output_folder, positive_int  # noqa: E402
 from pruning.checkpoint import Checkpoint, read  # noqa: E402
 
 #: Slim vs masked logits: within SLIM_RTOL of the largest logit, or (networks whose activations
@@ -185,8 +186,10 @@ def runtime_recorded(summary: dict, device: torch.device) -> None:
 
 
 def half_width(arch: str) -> list[str]:
-    """``--width 0.5`` (the checks' small network) for a family with a width multiplier."""
-    return ["--width", "0.5"] if models.get(arch).has_width else []
+    """The family's smallest ``--width`` (the checks' small network: MobileNetV2 0.5,
+    MobileNetV3-Small 0.75) for a family with a width multiplier."""
+    family = models.get(arch)
+    return ["--width", f"{min(family.widths):g}"] if family.has_width else []
 
 
 def prune(arch: str, out: str, *extra: str) -> Callable[[Context], str]:
@@ -205,9 +208,14 @@ def pruned_ok(ctx: Context, out: str) -> str:
     runtime_recorded(summary, ctx.device)
     if "candidate_precision" not in summary:
         raise CheckFailed("summary.json lacks candidate_precision")
+    if "slim_exact" not in summary:
+        raise CheckFailed("summary.json lacks slim_exact")
+    if not summary["slim_exact"]:  # the script exits 1 first; a summary saying so is a FAIL too
+        raise CheckFailed(f"slim != masked in float64: {summary['slim_vs_masked_float64']:.0e} "
+                          f"(tolerance {summary['slim_tolerance']:.0e})")
     rel = summary["max_rel_diff_slim_vs_masked"]
     slim, masked = summary["slim_error_vs_float64"], summary["masked_error_vs_float64"]
-    detail = f"slim vs masked {rel:.0e}"
+    detail = f"slim vs masked {rel:.0e} (float64 {summary['slim_vs_masked_float64']:.0e})"
     if rel > SLIM_RTOL:  # large activations: compare with the masked network's own rounding
         detail += f" (vs float64: slim {slim:.0e}, masked {masked:.0e})"
         if not slim <= ROUNDING_FACTOR * masked:
@@ -353,7 +361,9 @@ def launcher_smoke(ctx: Context) -> str:
     out = ctx.workdir / "launcher"
     argv = ["--smoke", "--device", ctx.device.type, "--runs-dir", str(out),
             "--mobilenet-v2-pretrained", str(ctx.dense("mobilenet_v2")),
-            "--mobilenet-v2-epsilons", "1.0"]
+            "--mobilenet-v2-epsilons", "1.0",
+            "--mobilenet-v3-small-pretrained", str(ctx.dense("mobilenet_v3_small")),
+            "--mobilenet-v3-small-epsilons", "1.0"]
     ctx.script("scripts/table2.py", argv, ctx.workdir / "launcher.log")
     table = out / "table2" / "table.md"
     if not table.exists():
@@ -519,9 +529,114 @@ def bf16_against_fp32(ctx: Context) -> str:
             f"{r['bf16_seconds']:.2f} s in bf16, {r['fp32_seconds']:.2f} s in fp32")
 
 
+#: The units of the newer families' fast-vs-plain comparison: MobileNetV3-Small's block 1 (SE,
+#: no expansion: the stem produces its channels), block 2 (no SE) and blocks 4 and 9 (SE:
+#: gated units, whose fast losses re-gate every candidate); ProxylessNAS-Mobile's block 0 (the
+#: stem's channels) and block 13 (the widest before the last stage).
+PICK_UNITS = {"mobilenet_v3_small": ("features.1.hidden", "features.2.hidden",
+                                     "features.4.hidden", "features.9.hidden"),
+              "proxylessnas_mobile": ("blocks.0.hidden", "blocks.13.hidden")}
+#: Fast vs plain float32 candidate losses: the same function in another order of summation.
+LOSS_RTOL = 1e-4
+
+
+def fast_equals_plain_losses(arch: str) -> Callable[[Context], str]:
+    """The fast evaluator's float32 candidate losses against the plain evaluator's (one masked
+    full forward per candidate) on the briefly trained network of ``arch``, following the fast
+    picks for ``plain_steps`` steps on each of its ``PICK_UNITS``: the same pick at every step
+    and every loss within ``LOSS_RTOL``."""
+    def run(ctx: Context) -> str:
+        import data
+        from models import splitter
+        from models.weights import load_pretrained
+        from pruning.evaluators import PlainEvaluator
+        from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
+        from pruning.masks import Masks
+
+        device, s = ctx.device, ctx.sizes
+        model = models.build(arch, min(models.get(arch).widths), 10)
+        load_pretrained(model, arch, str(ctx.dense(arch)))
+        model.to(device).eval()
+        units = {u.name: u for u in models.prunable_units(arch, model)}
+        masks = Masks(model, list(units.values()))
+        fast = FastEvaluator(model, splitter(arch, model), default_samples_per_pass(device))
+        plain = PlainEvaluator(model, masks)
+        dataset, _ = data.build_dataset("synthetic", None, "train", image_size=s.pixels,
+                                        augment=False, num_images=s.images)
+        generator = torch.Generator().manual_seed(0)
+        same = steps = 0
+        diff = 0.0
+        for name in PICK_UNITS[arch]:
+            unit = units[name]
+            counts = torch.zeros(unit.size, dtype=torch.long)
+            for _ in range(s.plain_steps):
+                idx = torch.randint(0, len(dataset), (s.batch,), generator=generator).tolist()
+                x = torch.stack([dataset[i][0] for i in idx]).to(device)
+                y = torch.tensor([dataset[i][1] for i in idx]).to(device)
+                pool = torch.nonzero(counts == 0).flatten()
+                exact = fast.losses(unit, counts, pool, (x, y))
+                reference = plain.losses(unit, counts, pool, (x, y))
+                best = int(torch.argmin(exact))
+                steps += 1
+                same += int(torch.argmin(reference)) == best
+                diff = max(diff, float(((exact - reference).abs() / reference.abs()).max()))
+                counts[pool[best]] += 1
+                masks.set_counts(name, counts)
+            masks.set_counts(name, torch.ones(unit.size, dtype=torch.long))  # dense again
+        gated = sum(bool(units[n].gates) for n in PICK_UNITS[arch])
+        detail = (f"{len(PICK_UNITS[arch])} units ({gated} gated): same pick in {same}/{steps} "
+                  f"steps, losses within {diff:.0e} (relative)")
+        if same != steps or not diff <= LOSS_RTOL:
+            raise CheckFailed(detail)
+        return detail
+
+    return run
+
+
+def same_selection(fast_out: str, plain_out: str) -> Callable[[Context], str]:
+    """The prune script with ``--evaluator fast`` and with ``--evaluator plain``, on the same
+    candidate subsets and batches (same seed), kept the same channels."""
+    def run(ctx: Context) -> str:
+        a = read(ctx.workdir / fast_out / "pruned.pth", "gpu_check", ("pruned",))
+        b = read(ctx.workdir / plain_out / "pruned.pth", "gpu_check", ("pruned",))
+        units = a.cfg["units"]
+        if a.cfg != b.cfg:
+            differ = [n for n in units if units[n] != b.cfg["units"].get(n)]
+            raise CheckFailed(f"the fast and plain runs selected otherwise in {len(differ)} of "
+                              f"{len(units)} units, first {differ[:1]}")
+        kept = sum(u["kept"] for u in units.values())
+        return (f"the same selection in all {len(units)} units ({kept} channels kept, with "
+                f"their counts)")
+
+    return run
+
+
 # ----------------------------------------------------------------------------------------------
 # The list and the runner
 # ----------------------------------------------------------------------------------------------
+
+
+def family_checks(arch: str, fraction: Sequence[str]) -> list[Check]:
+    """A newer family's paths: dense training, its prune script with the fast and the plain
+    evaluator on the same candidate subsets (which must select the same channels), the fast
+    evaluator's losses against the plain one's in this process (MobileNetV3-Small: gated SE
+    units among them), and a fine-tune of the pruned network. Every prune run also passes
+    ``pruned_ok``: ``slim_exact`` (slim = masked in float64), slim vs masked in float32."""
+    need = f"dense: {arch}"
+    subsets = ("--candidates", "3")  # both evaluators score the same few candidates per step
+    fast, plain = f"prune {arch} --evaluator fast", f"prune {arch} --evaluator plain"
+    return [
+        Check(need, dense(arch)),
+        Check(fast, prune(arch, f"{arch}-fast", *subsets, *fraction), (need,)),
+        Check(plain, prune(arch, f"{arch}-plain", "--evaluator", "plain", *subsets, *fraction),
+              (need,)),
+        Check(f"prune {arch}: fast selection = plain selection",
+              same_selection(f"{arch}-fast", f"{arch}-plain"), (fast, plain)),
+        Check(f"{arch}: fast fp32 losses = plain losses", fast_equals_plain_losses(arch),
+              (need,)),
+        Check(f"finetune {arch} --pruned", finetune_pruned(arch, f"{arch}-fast", f"ft-{arch}"),
+              (fast,)),
+    ]
 
 
 def checks(keep: str, device: torch.device) -> list[Check]:
@@ -592,7 +707,9 @@ def checks(keep: str, device: torch.device) -> list[Check]:
               mb_finetune("ft-grda", "--optimizer", "grda"), (greedy,)),
         Check("finetune --evaluate-only", evaluate_only, (mb,)),
         Check("finetune --resume after SIGKILL", finetune_resume, (greedy,)),
-        Check("launcher table2.py --smoke", launcher_smoke, (mb,)),
+        *family_checks("mobilenet_v3_small", fraction),
+        *family_checks("proxylessnas_mobile", fraction),
+        Check("launcher table2.py --smoke", launcher_smoke, (mb, "dense: mobilenet_v3_small")),
         Check("bench_select.py --quick", bench_quick),
         Check("bench_select.py --whole --quick", bench_whole_quick),
     ]
@@ -660,13 +777,13 @@ def table(outcomes: list[Outcome]) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(description=__doc__.split("\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    choices=("cuda", "cpu"))
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--jobs", type=positive_int, default=None,
                    help="checks run side by side (default: 6 on a GPU, 2 on a CPU)")
-    p.add_argument("--workdir", type=Path, default=None,
+    p.add_argument("--workdir", type=output_folder, default=None,
                    help="where the runs are written (default: a new temporary folder)")
     args = p.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():

@@ -16,15 +16,18 @@ Why it is built this way:
 * ``--dry-run`` prints every command and runs nothing; steps that depend on results not yet
   there (the sweep's MACs decide which pruned networks are fine-tuned) are described instead.
 * ``--smoke`` is the whole pipeline in miniature on the synthetic dataset (tiny images,
-  MobileNetV2 width 0.5, few candidates per greedy step, one fine-tune epoch), used by the tests;
-  on the CPU unless ``--device`` says otherwise (``scripts/gpu_check.py`` runs one on CUDA).
+  MobileNetV2 width 0.5, MobileNetV3-Small 0.75, few candidates per greedy step, one fine-tune
+  epoch), used by the tests; on the CPU unless ``--device`` says otherwise
+  (``scripts/gpu_check.py`` runs one on CUDA).
   Its steps run inside the launcher's process (``runpy``), because starting Python and importing
   torch for each of dozens of tiny steps would cost more than the steps. Full runs start every
   step as its own process, under ``torchrun`` with ``--nproc-per-node`` > 1 (training is data
   parallel, selection splits each step's candidates over the ranks), so a long GPU run leaves
   nothing behind for the next one.
 * MAC targets are compared as fractions of the dense network's MACs (the paper's count over the
-  paper's dense count), so the same rule picks runs at 224 px on ImageNet and in a smoke run.
+  paper's dense count), so the same rule picks runs at 224 px on ImageNet and in a smoke run,
+  and where this repository counts another dense number than the paper (MobileNetV3-Small
+  60.9M vs 64M, ProxylessNAS-Mobile 336M vs 324M) the target keeps the paper's proportion.
 * What a launcher knows about a network family (its scripts, whether it has a ``--width``, its
   title) comes from the registry (``models.get``); run folders and per-family flags
   (``--mobilenet-v2-pretrained``) are named after the registry name. Only the papers' numbers
@@ -53,6 +56,15 @@ if str(ROOT) not in sys.path:  # the repository's modules, for steps run in this
     sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
+from pruning.arguments import (  # noqa: E402
+    ArgumentParser,
+    UsageError,
+    check_output_dir,
+    output_folder,
+    positive_floats,
+    positive_int,
+    script_device,
+)
 
 SUMMARY = "summary.json"
 RECORD = "launch.json"
@@ -61,18 +73,30 @@ RUN_ONLY = {"--workers": 1, "--device": 1, "--no-progress": 0, "--resume": 0}
 
 #: Table 1's epsilon sweep, shared with Tables 2 and 5. The paper does not give the epsilon of
 #: each row; Wolfe et al. (2023) report 0.02 -> 60% and 0.05 -> 40% of MobileNetV2's MACs, 0.05
-#: -> 60% and 0.08 -> 40% of ResNet34's, so these lists bracket the paper's MAC targets.
+#: -> 60% and 0.08 -> 40% of ResNet34's, so these lists bracket the paper's MAC targets. No
+#: epsilon is published for MobileNetV3-Small (target 49/64 = 0.77 of dense) or ProxylessNAS-Mobile
+#: (232/324 = 0.72): their lists are wide brackets around MobileNetV2's 0.70 (220M) epsilons; the
+#: sweep's section of Table 1 shows where each landed (``--<arch>-epsilons`` to move them).
 SWEEP_EPSILONS = {
     "mobilenet_v2": (0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1),
     "resnet34": (0.02, 0.03, 0.05, 0.08),
+    "mobilenet_v3_small": (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.07, 0.1),
+    "proxylessnas_mobile": (0.005, 0.01, 0.015, 0.02, 0.03, 0.05),
 }
-SMOKE_EPSILONS = {"mobilenet_v2": (0.3, 1.0), "resnet34": (4.0,)}
-#: The smoke runs' image size (ResNet34 at 16 px is cheaper; a family not listed gets 32).
-SMOKE_IMAGE_SIZE = {"mobilenet_v2": 32, "resnet34": 16}
+SMOKE_EPSILONS = {"mobilenet_v2": (0.3, 1.0), "resnet34": (4.0,), "mobilenet_v3_small": (1.0,),
+                  "proxylessnas_mobile": (1.0,)}
+#: The smoke runs' image size (a family not listed gets 32): ResNet34, MobileNetV3-Small and
+#: ProxylessNAS-Mobile are cheaper at 16 px and still run (no --amp in the smoke runs).
+SMOKE_IMAGE_SIZE = {"mobilenet_v2": 32, "resnet34": 16, "mobilenet_v3_small": 16,
+                    "proxylessnas_mobile": 16}
 #: The weights the paper started from, for the help of ``--<arch>-pretrained``.
 PAPER_WEIGHTS = {"mobilenet_v2": "d-li14's mobilenetv2_1.0-0c6065bc.pth"}
-#: The paper's dense MACs (Table 1's "Full Model" rows), the unit of its MAC targets.
-PAPER_DENSE_MACS = {"mobilenet_v2": 314e6, "resnet34": 3.68e9}
+#: The paper's dense MACs (Table 1's "Full Model" rows), the unit of its MAC targets. This
+#: repository's dense counts (ptflops, pytorch backend, 224 px) differ for the two newer families:
+#: MobileNetV3-Small 60.9M (no ptflops setting gives the paper's 64M), ProxylessNAS-Mobile 336M.
+#: So targets are fractions: 49M of 64M is 0.766 of whatever dense count the run measures.
+PAPER_DENSE_MACS = {"mobilenet_v2": 314e6, "resnet34": 3.68e9, "mobilenet_v3_small": 64e6,
+                    "proxylessnas_mobile": 324e6}
 
 
 def prune_script(arch: str) -> str:
@@ -114,7 +138,7 @@ def add_arch_options(p: argparse.ArgumentParser, archs: Sequence[str],
     for arch in archs:
         family = models.get(arch)
         default = ("torchvision's IMAGENET1K_V1" if family.torchvision_weights
-                   else "required without --smoke")
+                   else "required without --smoke or --dry-run")
         paper = f"; the paper used {PAPER_WEIGHTS[arch]}" if arch in PAPER_WEIGHTS else ""
         sweep = "Table 1's " if shared else ""
         epsilons = ",".join(map(str, SWEEP_EPSILONS[arch]))
@@ -164,7 +188,8 @@ class Step:
         if not (self.out / SUMMARY).exists():
             return False
         path = self.out / RECORD
-        if path.exists() and json.loads(path.read_text()) != self.record():
+        if path.exists() and read_json(path, f"the arguments of the finished run in {self.out}"
+                                       ) != self.record():
             raise StepFailed(f"{self.out} holds a finished run made with other arguments (see "
                              f"{path}); remove it or choose another --runs-dir")
         return True
@@ -172,7 +197,18 @@ class Step:
     def summary(self) -> dict[str, Any] | None:
         """The step's summary.json, or None while it has not run."""
         path = self.out / SUMMARY
-        return json.loads(path.read_text()) if path.exists() else None
+        return read_json(path, f"the results of {self.out}") if path.exists() else None
+
+
+def read_json(path: Path, what: str) -> Any:
+    """A JSON file a step wrote (``what`` it records, for the message); a damaged one is a
+    ``StepFailed`` naming it, not a traceback."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise StepFailed(f"{path}: damaged ({type(error).__name__}: {str(error)[:80]}); it "
+                         f"records {what}: restore it, or remove {path.parent} to run the step "
+                         "again") from None
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -187,17 +223,17 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def parser(description: str) -> argparse.ArgumentParser:
     """The options every launcher has."""
-    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
+    p = ArgumentParser(description=description, formatter_class=HelpFormatter)
     p.add_argument("--smoke", action="store_true",
                    help="a tiny version on the synthetic dataset on the CPU (minutes)")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    p.add_argument("--runs-dir", type=Path, default=None,
+    p.add_argument("--runs-dir", type=output_folder, default=None,
                    help="root of the runs (default: runs, or runs/smoke with --smoke)")
     p.add_argument("--data-path", help="dataset root (ImageNet train/ and val/ folders, or the "
                                        "CIFAR-10 batches); required unless --smoke")
-    p.add_argument("--nproc-per-node", type=int, default=1,
+    p.add_argument("--nproc-per-node", type=positive_int, default=1,
                    help="processes per step (torchrun), e.g. one per GPU")
-    p.add_argument("--device", default=None,
+    p.add_argument("--device", type=script_device, default=None,
                    help="--device of every step (default: the scripts' own, cuda when "
                         "available; cpu with --smoke)")
     return p
@@ -208,10 +244,11 @@ class Context:
 
     def __init__(self, table: str, args: argparse.Namespace, dataset: str = "imagenet"):
         if args.nproc_per_node < 1:
-            raise SystemExit(f"error: --nproc-per-node must be >= 1, got {args.nproc_per_node}")
+            raise UsageError(f"--nproc-per-node must be >= 1, got {args.nproc_per_node}")
         if not (args.smoke or args.dry_run or args.data_path):
-            raise SystemExit(f"error: --data-path is required for the {dataset} runs "
+            raise UsageError(f"--data-path is required for the {dataset} runs "
                              "(or use --smoke, or --dry-run to see the commands)")
+        check_data_path(args.data_path, args.dry_run or args.smoke)
         self.table = table
         self.smoke = args.smoke
         self.dry_run = args.dry_run
@@ -220,6 +257,7 @@ class Context:
         self.paper_dataset = dataset
         self.data_path = args.data_path or "DATA_PATH"
         self.runs = args.runs_dir or Path("runs/smoke" if args.smoke else "runs")
+        check_output_dir(self.runs, "--runs-dir")
         self.in_process = args.smoke  # see the module docstring
         self.device = args.device or ("cpu" if args.smoke else None)
 
@@ -250,12 +288,18 @@ class Context:
         1.0, or the tiny 0.5 with --smoke."""
         return 0.5 if self.smoke else 1.0
 
+    def width_for(self, arch: str) -> float:
+        """:attr:`width` where the family has it, else its smallest width (MobileNetV3-Small,
+        widths 1.0 and 0.75: 0.75 with --smoke)."""
+        widths = models.get(arch).widths
+        return self.width if self.width in widths else min(widths)
+
     def prune(self, arch: str, out: Path, pretrained: str, *extra: str,
               width: float | None = None) -> Step:
         """A prune step: the paper's selection settings, or tiny ones with --smoke; a family
         with a width multiplier at ``width`` (default :attr:`width`)."""
         args = [*self.data_args(arch, train=False), "--pretrained", pretrained,
-                *width_args(arch, width or self.width)]
+                *width_args(arch, width or self.width_for(arch))]
         if self.smoke:
             args += ["--batch-size", "4", "--eval-images", "16", "--eval-batch-size", "16",
                      "--candidates", "2"]
@@ -279,7 +323,7 @@ class Context:
 
     def evaluate(self, arch: str, pretrained: str, out: Path, width: float | None = None) -> Step:
         """The dense pretrained network's validation accuracy (a table's "Full model" row)."""
-        extra = width_args(arch, width or self.width)
+        extra = width_args(arch, width or self.width_for(arch))
         return self.train(arch, out, "--pretrained", pretrained, *extra, "--evaluate-only",
                           resumable=False)
 
@@ -287,16 +331,21 @@ class Context:
         """The weights to prune: ``given``, torchvision's ImageNet weights, or with --smoke a
         short dense training on the synthetic data (so that pruning acts on a trained model),
         shared by all launchers under ``<runs-dir>/dense/``."""
-        width = width or self.width
+        width = width or self.width_for(arch)
         if given:
             return given
         if not self.smoke:
             family = models.get(arch)
+            if family.torchvision_weights is None and self.dry_run:  # commands for later
+                placeholder = f"{arch.upper()}_WEIGHTS"
+                self.note(f"{family.title}: torchvision has no weights; the commands show "
+                          f"{placeholder} for {arch_flag(arch, 'pretrained')}")
+                return placeholder
             if family.torchvision_weights is None:
-                raise SystemExit(f"error: give the pretrained {family.title} weights "
+                raise UsageError(f"give the pretrained {family.title} weights "
                                  "(torchvision has none)")
             if family.has_width and width != 1.0:
-                raise SystemExit(f"error: give the pretrained {family.title} x{width} weights "
+                raise UsageError(f"give the pretrained {family.title} x{width} weights "
                                  "(torchvision has width 1.0 only)")
             return "IMAGENET1K_V1"
         step = smoke_dense_step(self, arch, width)
@@ -322,6 +371,7 @@ class Context:
             if self.dry_run:
                 continue
             step.out.mkdir(parents=True, exist_ok=True)
+            record_launcher(self.dir)
             (step.out / RECORD).write_text(json.dumps(step.record(), indent=1) + "\n")
             if self.in_process:
                 run_in_process(step)
@@ -362,6 +412,16 @@ def run_in_process(step: Step) -> None:
         sys.argv = saved
 
 
+def record_launcher(folder: Path) -> None:
+    """Mark a launcher's folder (``runs/<table>``) as one (``pruning.rundir``): a prune or
+    fine-tune run pointed at it is refused rather than mixed into it."""
+    from pruning.rundir import RECORD as KIND_RECORD, write_record
+
+    if not (folder / KIND_RECORD).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        write_record(folder, "launcher", None)
+
+
 def smoke_dense_step(ctx: Context, arch: str, width: float) -> Step:
     """A short dense training on the synthetic data: the smoke runs' "pretrained" network, so
     that their pruning starts from trained weights (a few epochs: only a little above chance)."""
@@ -372,12 +432,29 @@ def smoke_dense_step(ctx: Context, arch: str, width: float) -> Step:
                      "--lr-schedule", "cosine")
 
 
+def check_data_path(path: str | None, dry_run: bool) -> None:
+    """``--data-path``, where given, is a folder (it may be missing in a dry run: the commands
+    may be meant for another machine)."""
+    if path is None:
+        return
+    if not path.strip():
+        raise UsageError(f"--data-path {path!r}: an empty path (an unset shell variable?)")
+    if Path(path).exists() and not Path(path).is_dir():
+        raise UsageError(f"--data-path {path}: a file, not a folder")
+    if not dry_run and not Path(path).exists():
+        raise UsageError(f"--data-path {path}: no such folder")
+
+
 def main(build: Any) -> None:
-    """Run a launcher's ``build()``; a failed step ends it with the step's message."""
+    """Run a launcher's ``build()``; a failed step ends it with the step's message (status 1),
+    bad input with one line and status 2."""
     try:
         build()
     except StepFailed as error:
         sys.exit(f"error: {error}")
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        sys.exit(2)
 
 
 # -- the epsilon sweep shared by Tables 1, 2 and 5 -------------------------------------------------
@@ -406,14 +483,8 @@ def nearest(steps: Sequence[Step], fraction: float) -> Step | None:
 
 
 def epsilon_list(text: str) -> tuple[float, ...]:
-    """``--<arch>-epsilons 0.01,0.02``."""
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected numbers like 0.01,0.02, got {text!r}") from None
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"epsilons must be > 0, got {text!r}")
-    return values
+    """``--<arch>-epsilons 0.01,0.02``: finite numbers > 0 (nan and inf are refused)."""
+    return positive_floats(text)
 
 
 # -- table cells ---------------------------------------------------------------------------------

@@ -24,45 +24,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from data import DataError, load_mnist  # noqa: E402
-from pruning.arguments import positive_int  # noqa: E402
+from pruning.arguments import (  # noqa: E402
+    ArgumentParser,
+    device,
+    output_folder,
+    positive_int,
+    seed_below,
+)
 from pruning.two_layer.mnist import MnistSettings, quick_mnist_settings, run  # noqa: E402
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (no usage dump), exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message}\n")
+#: The experiment seeds its generators with seed * 1_000_003 + N * 101 + trial
+#: (``pruning.two_layer.mnist``), which must stay within torch's 64 bits.
+MAX_MNIST_SEED = (2**63 - 1) // 1_000_003 - 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = _Parser(prog="mnist_two_layer.py", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="mnist_two_layer.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-path", type=Path, required=True,
                    help="folder with MNIST's IDX files (MNIST/raw/ inside it, or directly)")
     p.add_argument("--quick", action="store_true",
                    help="N in {40, 80}, sub-datasets of 100-300 images, 60 iterations")
-    p.add_argument("--out", type=Path, default=Path("runs/mnist_two_layer"),
+    p.add_argument("--out", type=output_folder, default="runs/mnist_two_layer",
                    help="output folder (default: runs/mnist_two_layer)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+    p.add_argument("--device", type=device,
+                   default="cuda" if torch.cuda.is_available() else "cpu",
                    help="torch device for training and selection (default: cuda when available, "
                         "else cpu)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed_below(MAX_MNIST_SEED, " (seed x 1000003 + ... seeds "
+                                             "torch's 64-bit generators)"), default=0,
                    help="seeds the initial networks, sub-datasets and mini-batch order "
                         "(default: 0)")
     p.add_argument("--trials", type=positive_int, default=None,
                    help=f"trials to average (default {MnistSettings.trials}, "
                         f"{quick_mnist_settings().trials} with --quick)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
-    args = p.parse_args(argv)
-    if args.out.exists() and not args.out.is_dir():
-        p.error(f"--out {args.out}: exists and is not a folder")
-    try:
-        args.device = torch.device(args.device)
-    except RuntimeError as e:
-        p.error(f"--device {args.device}: {e}")
-    if args.device.type == "cuda" and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: CUDA is not available on this machine")
-    return args
+    return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:

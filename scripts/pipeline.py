@@ -38,7 +38,9 @@ Why it is built this way:
   every step gets ``--resume``, so an interrupted prune or training continues where it stopped
   (``scripts/launch.py``'s ``Step``). ``<out>`` holding an earlier run is refused unless
   ``--resume`` (continue it) or ``--overwrite`` (delete it and start again) is given; a finished
-  step made with other sizes is refused rather than reused.
+  step made with other sizes is refused rather than reused. ``<out>`` follows the run-folder
+  rules of ``pruning/rundir.py`` (a lock, its kind recorded), and ``--overwrite`` deletes only
+  what a pipeline writes: a folder that holds anything else is refused, naming a file.
 * **The sizes** (``SIZES``) were chosen so that the whole pipeline takes under 15 minutes on the
   2-core machine of ``ENVIRONMENT.md`` while the dense networks are well trained; they are
   printed, and stored in ``table.json``. ``--quick`` uses tiny ones (the test).
@@ -66,6 +68,14 @@ for path in (ROOT, ROOT / "scripts"):
 import launch  # noqa: E402
 from launch import Step, StepFailed  # noqa: E402
 from pipeline_table import plot, table_markdown  # noqa: E402
+from pruning.arguments import (  # noqa: E402
+    ArgumentParser,
+    UsageError,
+    output_folder,
+    positive_int,
+    seed,
+)
+from pruning.rundir import BOOKKEEPING, RunDir, first_file, foreign_file  # noqa: E402
 
 ARCHS = ("mobilenet_v2", "resnet34")
 METHODS = ("greedy", "magnitude", "random", "uniform")
@@ -224,17 +234,59 @@ def run_worker(arch: str, args: argparse.Namespace) -> None:
 # -- the parent: run the workers, then the table and the figure --------------------------------
 
 
+#: What the pipeline writes in ``<out>`` and in ``<out>/<arch>`` besides the steps' folders.
+OWN_FILES = ("invocations.json", "table.md", "table.json", "pipeline.png")
+ARCH_FILES = ("log.txt", "timings.json")
+
+
 def start_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """The run-folder policy of the other scripts: an existing run is refused unless --resume
-    (continue it) or --overwrite (delete it)."""
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            shutil.rmtree(out)
-        elif not resume:
+    """The run-folder rules of the other scripts (``pruning.rundir``): ``<out>`` is locked while
+    the pipeline runs and records that it is a pipeline's; an earlier run is refused unless
+    --resume (continue it) or --overwrite (delete it). --overwrite deletes only what the
+    pipeline wrote, and refuses, naming a file, a folder that holds anything else."""
+    folder = RunDir(out, "pipeline", None, "--out")
+    try:
+        folder.lock()
+        folder.check_kind(overwrite)
+    except UsageError as error:
+        raise SystemExit(f"error: {error}") from None
+    held = [p for p in out.iterdir() if p.name not in BOOKKEEPING]
+    if held and not resume:
+        stranger = foreign(out)
+        if stranger is not None:
+            what = ("--overwrite deletes only the pipeline's own files: move it away" if overwrite
+                    else "it is not a pipeline run:")
+            raise SystemExit(f"error: --out {out} holds {stranger}, which the pipeline did not "
+                             f"write; {what} or choose another --out")
+        if not overwrite:
             raise SystemExit(f"error: {out} holds an earlier pipeline run; pass --resume to "
                              "continue it (finished steps are skipped) or --overwrite to delete "
                              "it and start again")
-    out.mkdir(parents=True, exist_ok=True)
+        for entry in held:  # all of it the pipeline's: checked above
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    folder.begin()  # the record; the lock is held until this process ends
+
+
+def foreign(out: Path) -> Path | None:
+    """A file in ``out`` that no pipeline wrote (its own files, its networks' folders, their
+    steps' run folders), or None."""
+    step_names = {name for arch in ARCHS for name in steps(arch, SIZES[arch], out)}
+    for entry in sorted(out.iterdir()):
+        if entry.name in (*BOOKKEEPING, *OWN_FILES):
+            continue
+        if entry.name not in ARCHS or not entry.is_dir():
+            return first_file(entry)
+        for sub in sorted(entry.iterdir()):
+            if sub.name in (*BOOKKEEPING, *ARCH_FILES):
+                continue
+            found = (foreign_file(sub) if sub.name in step_names and sub.is_dir()
+                     else first_file(sub))
+            if found is not None:
+                return found
+    return None
 
 
 def run_workers(args: argparse.Namespace) -> dict[str, float]:
@@ -326,9 +378,9 @@ def collect(arch: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=launch.HelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("runs/pipeline"), help="output folder")
+    p = ArgumentParser(description=__doc__.split("\n")[0], formatter_class=launch.HelpFormatter)
+    p.add_argument("--out", type=output_folder, default="runs/pipeline",
+                   help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny sizes (the test; a minute or two)")
     p.add_argument("--resume", action="store_true",
                    help="continue an earlier run in --out (finished steps are skipped)")
@@ -336,12 +388,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="delete an earlier run in --out and start again")
     p.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS),
                    help="which networks")
-    p.add_argument("--jobs", type=int, default=None,
+    p.add_argument("--jobs", type=positive_int, default=None,
                    help="networks run at once, each in its own process (default: all of them)")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=positive_int, default=1,
                    help="intra-op threads per process: one is the fastest use of a shared "
                         "2-core machine (a second thread made an epoch 30x slower under load)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed, default=0,
                    help="every step's --seed (initializations, data order, candidate draws)")
     p.add_argument("--worker", choices=ARCHS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -15,27 +15,85 @@ whether it was fine-tuned or re-trained from scratch. Prune runs also get a tabl
 
 from __future__ import annotations
 
-import argparse
 import json
+import math
+import sys
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from pruning.arguments import ArgumentParser, input_folder, output_folder  # noqa: E402
 
 MARKERS = "osD^v<>ph*"
 #: The default output folder: under the git-ignored runs/, so a report never dirties the tree.
 DEFAULT_OUT = Path("runs/report")
+#: The numbers each kind of summary must hold: a training run's, a prune run's.
+TRAIN_KEYS = ("macs", "params", "top1", "top5", "epochs")
+PRUNE_KEYS = ("macs", "dense_macs", "params", "loss_pruned", "top1_pruned")
+
+
+def warn(text: str) -> None:
+    print(f"report.py: {text}", file=sys.stderr, flush=True)
+
+
+def read_summary(path: Path) -> dict | None:
+    """The summary at ``path``, or None (with one line on stderr naming the file) when it is not
+    a JSON object holding the numbers its kind needs. A number that is not finite (a diverged
+    run's nan top-1) is kept but listed in ``nonfinite``: flagged in the table, not plotted."""
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:  # JSONDecodeError: ValueError
+        warn(f"skipped {path}: not JSON ({str(error).splitlines()[0]})")
+        return None
+    if not isinstance(summary, dict):
+        warn(f"skipped {path}: holds a JSON {type(summary).__name__}, not an object")
+        return None
+    keys = PRUNE_KEYS if "loss_pruned" in summary else TRAIN_KEYS if "top1" in summary else ()
+    missing = [k for k in keys if k not in summary]
+    if missing:
+        warn(f"skipped {path}: no {', '.join(missing)}")
+        return None
+    bad = [k for k in keys if isinstance(summary[k], bool)
+           or not isinstance(summary[k], int | float)]
+    if bad:
+        warn(f"skipped {path}: {bad[0]} is {summary[bad[0]]!r}, not a number")
+        return None
+    if not isinstance(summary.get("args", {}), dict):
+        warn(f"skipped {path}: args is a JSON {type(summary['args']).__name__}, not an object")
+        return None
+    summary["nonfinite"] = [k for k in keys if not math.isfinite(summary[k])]
+    if summary["nonfinite"]:
+        warn(f"{path}: " + ", ".join(f"{k} is {summary[k]}" for k in summary["nonfinite"])
+             + " (not finite): flagged in the table, left out of the plot")
+    return summary
 
 
 def load_runs(root: Path) -> tuple[list[dict], list[dict]]:
-    """(training runs, prune runs) under ``root``, each summary with its ``run`` directory."""
+    """(training runs, prune runs) under ``root``, each summary with its ``run`` directory;
+    a summary.json that cannot be read is skipped with one line naming it."""
     train, prune = [], []
     for path in sorted(root.rglob("summary.json")):
-        summary = json.loads(path.read_text())
+        summary = read_summary(path)
+        if summary is None:
+            continue
         summary["run"] = path.parent
         if "loss_pruned" in summary:
             prune.append(summary)
         elif "top1" in summary:
             train.append(summary)
     return train, prune
+
+
+def cell(value: float, text: str) -> str:
+    """A table cell; a number that is not finite is flagged, not shown as a result."""
+    return text if math.isfinite(value) else f"{value} (not finite)"
+
+
+def fraction(part: float, whole: float) -> str:
+    return cell(part / whole, f"{part / whole:.3f}") if whole else "—"
 
 
 def selection(prune: dict[str, Any]) -> str:
@@ -67,7 +125,7 @@ def label(run: dict[str, Any], prunes: dict[Path, dict]) -> tuple[str, str]:
 
 
 def fmt_macs(value: float) -> str:
-    return f"{value / 1e9:.2f}G" if value >= 1e9 else f"{value / 1e6:.1f}M"
+    return cell(value, f"{value / 1e9:.2f}G" if value >= 1e9 else f"{value / 1e6:.1f}M")
 
 
 def markdown(header: list[str], rows: list[list[Any]]) -> str:
@@ -89,12 +147,15 @@ def report(root: Path, out: Path, name: str | None = None) -> tuple[Path, Path]:
     prunes = {p["run"].resolve(): p for p in prune}
     labelled = sorted(((label(r, prunes), r) for r in train),
                       key=lambda lr: (lr[1].get("arch", ""), lr[0][1], -lr[1]["macs"]))
-    rows = [[r.get("arch", "—"), text, fmt_macs(r["macs"]), f"{r['params'] / 1e6:.2f}M",
-             f"{r['top1']:.2f}", f"{r['top5']:.2f}", r["epochs"], r["run"].relative_to(root)]
+    rows = [[r.get("arch", "—"), text, fmt_macs(r["macs"]),
+             cell(r["params"], f"{r['params'] / 1e6:.2f}M"), cell(r["top1"], f"{r['top1']:.2f}"),
+             cell(r["top5"], f"{r['top5']:.2f}"), r["epochs"], r["run"].relative_to(root)]
             for (text, _), r in labelled]
     sel_rows = [[p.get("arch", "—"), selection(p), fmt_macs(p["macs"]),
-                 f"{p['macs'] / p['dense_macs']:.3f}", f"{p['params'] / 1e6:.2f}M",
-                 f"{p['loss_pruned']:.4f}", f"{p['top1_pruned']:.2f}", p["run"].relative_to(root)]
+                 fraction(p["macs"], p["dense_macs"]),
+                 cell(p["params"], f"{p['params'] / 1e6:.2f}M"),
+                 cell(p["loss_pruned"], f"{p['loss_pruned']:.4f}"),
+                 cell(p["top1_pruned"], f"{p['top1_pruned']:.2f}"), p["run"].relative_to(root)]
                 for p in sorted(prune, key=lambda p: (p.get("arch", ""), selection(p), -p["macs"]))]
     text = (f"# {name}\n\n## Trained networks\n\n"
             + markdown(["arch", "method", "MACs", "params", "top-1", "top-5", "fine-tune epochs",
@@ -108,7 +169,9 @@ def report(root: Path, out: Path, name: str | None = None) -> tuple[Path, Path]:
 
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     series: dict[str, list[dict]] = {}
-    for (_, group), r in labelled:  # one curve per network and method
+    for (_, group), r in labelled:  # one curve per network and method, finite points only
+        if not (math.isfinite(r["macs"]) and math.isfinite(r["top1"])):
+            continue
         series.setdefault(f"{r.get('arch', '')} {group}".strip(), []).append(r)
     for i, (group, runs) in enumerate(sorted(series.items())):
         runs = sorted(runs, key=lambda r: r["macs"])
@@ -133,13 +196,15 @@ def report(root: Path, out: Path, name: str | None = None) -> tuple[Path, Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("runs", type=Path, help="a directory of runs, e.g. runs/table1")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+    p = ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("runs", type=input_folder, help="a directory of runs, e.g. runs/table1")
+    p.add_argument("--out", type=output_folder, default=str(DEFAULT_OUT),
                    help=f"where to write (default: {DEFAULT_OUT}, git-ignored like every run; "
                         "--out fig for the tracked figures)")
     p.add_argument("--name", help="file name stem (default: the runs directory's name)")
     args = p.parse_args(argv)
+    if args.name is not None and (not args.name.strip() or "/" in args.name):
+        p.error(f"argument --name: a file name stem without '/', got {args.name!r}")
     report(args.runs, args.out, args.name)
 
 

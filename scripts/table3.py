@@ -58,7 +58,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--epsilons", type=width_epsilons, action="append", default=[],
                    metavar="WIDTH=E1,E2", help="a width's sweep (default: "
                    + "; ".join(f"{w}={','.join(map(str, e))}" for w, e in EPSILONS.items()) + ")")
-    p.add_argument("--epochs", type=int, help="fine-tune epochs (default: the paper's 150)")
+    p.add_argument("--epochs", type=launch.positive_int,
+                   help="fine-tune epochs (default: the paper's 150)")
     return p.parse_args(argv)
 
 

@@ -35,7 +35,8 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--archs", nargs="+", choices=tuple(TARGETS), default=list(TARGETS),
                    help="the networks to run (default: both)")
     launch.add_arch_options(p, tuple(TARGETS), shared=True)
-    p.add_argument("--epochs", type=int, help="fine-tune epochs (default: the paper's 150)")
+    p.add_argument("--epochs", type=launch.positive_int,
+                   help="fine-tune epochs (default: the paper's 150)")
     return p.parse_args(argv)
 
 

@@ -142,7 +142,8 @@ def test_bad_paths_and_learning_rates_are_refused_before_any_work(tmp_path, fini
     cases = [
         (["--finetune-lr", "-1", "--finetune-between", "0.1"], "--finetune-lr must be > 0"),
         (["--output-dir", str(a_file)], "exists and is not a folder"),
-        (["--match-kept", str(garbage)], f"--match-kept {garbage}: not a checkpoint"),
+        (["--match-kept", str(garbage), "--stop", "loss_gap", "--keep-fraction", "1.0"],
+         f"--match-kept {garbage}: not a checkpoint"),  # (--match-kept takes no other stop rule)
     ]
     for extra, message in cases:
         start = time.perf_counter()
