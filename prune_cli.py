@@ -1,9 +1,10 @@
 """The command line shared by ``mobile2_prune.py`` and ``resnet34_prune.py``: setup, select,
 slim, report.
 
-It parses and checks the arguments (before any long work), builds the data, the pretrained model
-and its units, runs layer-wise greedy forward selection (``pruning.selection``), checkpoints
-after every unit, removes the dead channels physically, and writes (``pruning.checkpoint``)
+It parses and checks the arguments (before any long work) into a ``pruning.prune.PruneConfig``,
+builds the data, the pretrained model and its units, and calls ``pruning.prune.prune`` (layer-wise
+greedy forward selection or a baseline, then the slim network, verified) with hooks that show
+progress and checkpoint after every unit; then it writes (``pruning.checkpoint``)
 
     <output-dir>/pruned.pth            the slim network (kind ``pruned``: weights + cfg)
     <output-dir>/masked.pth            the full-width network and every unit's mixing weights
@@ -53,40 +54,41 @@ from pruning import distributed
 from pruning.arguments import (ArgumentParser, HelpFormatter, UsageError, add_shared_arguments,
                                check_images, check_same_run, check_shared, finite_float, plain,
                                require_at_least)
-from pruning.baselines import FIXED_SIZE_METHODS, backward_elimination, fixed_size_counts
+from pruning.baselines import FIXED_SIZE_METHODS
 from pruning.checkpoint import Checkpoint, CheckpointError, read, save, selection_cfg
 from pruning.command import run_command
-from pruning.distributed_select import (
-    CandidatePartition,
-    RankZeroStop,
-    ShardedMeasure,
-    sync_model,
-)
-from pruning.evaluators import CandidateEvaluator, PlainEvaluator, require
-from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
+from pruning.distributed_select import ShardedMeasure, sync_model
 from pruning.flops import macs_and_params
 from pruning.latency import measure_latency
 from pruning.masks import Masks
 from pruning.metrics import SubsetMeasure, loss_and_top1
-from pruning.precision import CANDIDATE_PRECISIONS, exact_float32, runtime_record
+from pruning.precision import CANDIDATE_PRECISIONS, runtime_record
+from pruning.prune import PruneConfig, PruneResult, build_stop, prune
 from pruning.rundir import RunDir
 from pruning.runlog import RunLog
-from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection, unit_seed
-from pruning.shortlist import ShortlistEvaluator
-from pruning.slim import verify_slim
-from pruning.stop import (LossGap, MatchKept, MaxFraction, StopRule, Top1Tolerance,
-                          require_finite, require_finite_parameters)
+from pruning.selection import BatchStream, SelectionSettings, unit_seed
+from pruning.stop import (MaxFraction, StopRule, Top1Tolerance, require_finite,
+                          require_finite_parameters)
 from pruning.units import Unit
 
 STATE_FILE = "selection_state.pth"
-# Arguments that change what is selected (the evaluator only by float rounding, which can flip a
-# near tie): a resumed run must use the same values.
-SELECTION_ARGS = (
+#: Each ``PruneConfig`` field and the flag (its dest) it is parsed from; --match-kept is a path,
+#: read into the per-unit counts the config holds
+CONFIG_FLAGS = {
+    "method": "method", "stop": "stop", "epsilon": "epsilon", "top1_tol": "top1_tol",
+    "keep_fraction": "keep_fraction", "match_kept": "match_kept", "evaluator": "evaluator",
+    "precision": "precision", "shortlist": "shortlist", "exact_steps": "shortlist_exact_steps",
+    "candidates": "candidates", "replacement": "with_replacement", "seed": "seed",
+}
+#: The network, data and fine-tune arguments the selection also depends on
+INPUT_ARGS = (
     "arch", "width", "layout", "units", "dataset", "data_path", "image_size", "synthetic_images",
-    "synthetic_seed", "pretrained", "epsilon", "stop", "top1_tol", "keep_fraction", "batch_size",
-    "eval_images", "candidates", "with_replacement", "seed", "finetune_between", "finetune_lr",
-    "method", "match_kept", "shortlist", "shortlist_exact_steps", "evaluator", "precision",
+    "synthetic_seed", "pretrained", "batch_size", "eval_images", "finetune_between",
+    "finetune_lr",
 )
+# Arguments that change what is selected (the evaluator only by float rounding, which can flip a
+# near tie): a resumed run must use the same values (the state file's args).
+SELECTION_ARGS = (*INPUT_ARGS, *CONFIG_FLAGS.values())
 METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
 
 
@@ -291,6 +293,7 @@ class Job:
     stop: StopRule
     start: float
     folder: RunDir | None = None  # rank 0 claims it, commits after a checkpoint (rundir)
+    config: PruneConfig | None = None  # what decides the selection (``prune_config``)
 
 
 def parse(arch: str, argv: list[str] | None) -> argparse.Namespace:
@@ -346,17 +349,13 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset, int, int, list]:
     return train_set, num_classes, image_size, eval_batches
 
 
-def build_stop(args: argparse.Namespace, units: list[Unit], dense_loss: float,
-               measure: SubsetMeasure | ShardedMeasure, match_cfg: dict | None, world) -> StopRule:
-    if match_cfg is not None:
-        return MatchKept(matched_kept(match_cfg, args.match_kept, units))
-    if args.stop == "fraction":
-        return MaxFraction(args.keep_fraction)
-    if args.stop == "loss_gap":
-        stop = LossGap(args.epsilon, dense_loss, measure)
-    else:
-        stop = Top1Tolerance(args.top1_tol, measure)
-    return RankZeroStop(stop) if world.distributed else stop  # one verdict for all ranks
+def prune_config(args: argparse.Namespace, match_kept: dict[str, int] | None = None
+                 ) -> PruneConfig:
+    """The selection arguments as the library's ``PruneConfig`` (``match_kept``: the per-unit
+    counts of --match-kept, which override --stop)."""
+    values = {field: getattr(args, flag) for field, flag in CONFIG_FLAGS.items()}
+    # samples_per_pass: the default of the model's device (args.device)
+    return PruneConfig(**{**values, "match_kept": match_kept})
 
 
 def setup(args: argparse.Namespace, world: distributed.World,
@@ -399,12 +398,14 @@ def setup(args: argparse.Namespace, world: distributed.World,
     splits = models.splitter(args.arch, model) if args.evaluator == "fast" else None
     measure = (ShardedMeasure(model, eval_batches, splits) if world.distributed else
                SubsetMeasure(model, eval_batches, splits))
-    stop = build_stop(args, units, dense[0], measure, match_cfg, world)
+    config = prune_config(args, None if match_cfg is None else
+                          matched_kept(match_cfg, args.match_kept, units))
+    stop = build_stop(config, dense[0], measure, world.distributed)
     distributed.barrier()  # every rank has read its inputs: the folder may change now
     distributed.on_main(folder.begin)
     return Job(args, world, log, train_set, num_classes, image_size, eval_batches, model, units,
                Masks(model, units), dense, saved, BatchStream(loader, args.device, drawn),
-               measure, stop, start, folder)
+               measure, stop, start, folder, config)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -412,29 +413,10 @@ def setup(args: argparse.Namespace, world: distributed.World,
 # ----------------------------------------------------------------------------------------------
 
 
-def build_evaluator(job: Job) -> CandidateEvaluator:
-    """--evaluator, shared across the ranks of a torchrun job, with the --shortlist on top."""
-    args, model = job.args, job.model
-    if args.evaluator == "plain":
-        evaluator = PlainEvaluator(model, job.masks)
-    else:
-        evaluator = FastEvaluator(model, models.splitter(args.arch, model),
-                                  default_samples_per_pass(args.device),
-                                  amp=CANDIDATE_PRECISIONS[args.precision],
-                                  channels_last=args.device.type == "cuda"
-                                  and args.precision == "bf16")
-    if job.world.distributed:
-        evaluator = CandidatePartition(evaluator)
-    if args.shortlist is not None:
-        evaluator = ShortlistEvaluator(evaluator, args.shortlist, args.shortlist_exact_steps)
-    if args.method == "backward":
-        require(evaluator, "removal_losses", "--method backward")
-    return evaluator
-
-
 class SelectionProgress:
-    """The selection's callbacks: a bar per unit, TensorBoard scalars, the measurement after
-    each unit, the optional short fine-tune, and the checkpoint that makes --resume possible."""
+    """The hooks ``prune`` calls: a bar per unit and TensorBoard scalars (``on_step``), the
+    measurement after each unit (``after_unit``), the optional short fine-tune (``finetune``),
+    and the checkpoint that makes --resume possible (``save_state``)."""
 
     def __init__(self, job: Job, completed: dict[str, torch.Tensor], seconds_before: float):
         self.job = job
@@ -472,6 +454,10 @@ class SelectionProgress:
         loss, top1 = job.measure(unit)
         job.log.say(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
                     f"(dense {job.dense[0]:.4f}), top-1 {100 * top1:.2f}%")
+
+    def finetune(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
+        """--finetune-between, after the unit's measurement and before its checkpoint."""
+        job = self.job
         if self.steps_between:
             short_finetune(job.model, job.masks, job.batches, self.steps_between,
                            job.args.finetune_lr, seed=unit_seed(job.args.seed, len(counts)))
@@ -480,14 +466,17 @@ class SelectionProgress:
             require_finite(job.measure()[0], f"after the short fine-tune following unit "
                            f"{unit.name}, the loss on the evaluation subset")
 
-        def save_state() -> None:  # rank 0; a full disk stops every rank (distributed.on_main)
+    def save_state(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
+        job = self.job
+
+        def write() -> None:  # rank 0; a full disk stops every rank (distributed.on_main)
             save(self.checkpoint("selection", job.model.state_dict(), None, selection_args(
                 job.args), {}, {"completed": counts, "batches_drawn": job.batches.drawn,
                                 "seconds": self.seconds()}), Path(job.args.output_dir) / STATE_FILE)
             if job.folder is not None:
                 job.folder.commit()  # the first checkpoint: the run --overwrite replaced goes
 
-        distributed.on_main(save_state)
+        distributed.on_main(write)
 
     def seconds(self) -> float:
         return time.time() - self.job.start + self.seconds_before
@@ -499,41 +488,25 @@ class SelectionProgress:
                           job.args.units, cfg, args, metrics, state, job.args.layout)
 
 
-def select(job: Job, progress: SelectionProgress) -> dict[str, torch.Tensor]:
-    """Per unit, the selection counts of the chosen method (Algorithm 1 for greedy)."""
-    args, units, masks = job.args, job.units, job.masks
-    if args.method in FIXED_SIZE_METHODS:
-        generator = torch.Generator().manual_seed(args.seed)
-        counts = {u.name: fixed_size_counts(args.method, job.model, u, job.stop.target(u),
-                                            generator) for u in units}
-        for name, c in counts.items():
-            masks.set_counts(name, c)
-        return counts
-    search = greedy_forward_selection if args.method == "greedy" else backward_elimination
-    completed = job.saved.state["completed"] if job.saved is not None else {}
-    settings = SelectionSettings(args.candidates, args.with_replacement, args.seed)
-    counts = search(units, masks, build_evaluator(job), job.batches, job.stop, settings,
-                    completed, progress.after_unit, progress.on_step)
-    job.log.close()
-    return counts
+def prune_job(job: Job, progress: SelectionProgress) -> PruneResult:
+    """``pruning.prune.prune`` on the job's pieces, with the progress, fine-tune and checkpoint
+    hooks, the torchrun partition and the units a resumed run completed; the fixed-size methods
+    take no hooks (their first checkpoint is pruned.pth)."""
+    args = job.args
+    fixed = args.method in FIXED_SIZE_METHODS
+    hooks = {} if fixed else dict(on_step=progress.on_step, after_unit=progress.after_unit,
+                                  finetune=progress.finetune, checkpoint=progress.save_state)
+    splits = models.splitter(args.arch, job.model) if args.evaluator == "fast" else None
+    completed = job.saved.state["completed"] if job.saved is not None and not fixed else None
+    return prune(job.model, job.units, job.config, job.batches, job.eval_batches, splits,
+                 masks=job.masks, dense=job.dense, stop=job.stop,
+                 distributed=job.world.distributed, completed=completed,
+                 on_selected=None if fixed else lambda counts: job.log.close(), **hooks)
 
 
 # ----------------------------------------------------------------------------------------------
 # Slim and report
 # ----------------------------------------------------------------------------------------------
-
-
-def slim(job: Job) -> tuple[nn.Module, dict, dict[str, torch.Tensor], dict]:
-    """The slim network, its kept channels, the mixing weights, and its verification: the slim
-    logits against the masked network's and both against a float64 reference. A slim network
-    that is not the masked one ends the run (``pruning.slim.SlimMismatch``, exit status 1)
-    before anything is written: the selection stays in the state file."""
-    probe = job.eval_batches[0][0][:64]  # the float64 reference is slow on a CPU at 224 px
-    weights = {name: w.detach().clone() for name, w in job.masks.weights.items()}
-    job.masks.remove()
-    with exact_float32():
-        network, kept, verification = verify_slim(job.model, job.units, weights, probe)
-    return network, kept, weights, verification
 
 
 def summarize(job: Job, counts: dict, network: nn.Module, kept: dict, verification: dict,
@@ -568,12 +541,14 @@ def summarize(job: Job, counts: dict, network: nn.Module, kept: dict, verificati
     }
 
 
-def report(job: Job, progress: SelectionProgress, counts: dict) -> dict:
-    """Slim the network, measure it, and write pruned.pth, masked.pth and summary.json."""
-    masked = loss_and_top1(job.model, job.eval_batches)
-    full_width = {k: v.detach().clone() for k, v in job.model.state_dict().items()}
-    network, kept, weights, verification = slim(job)
-    summary = summarize(job, counts, network, kept, verification, masked, progress.seconds())
+def report(job: Job, progress: SelectionProgress, result: PruneResult) -> dict:
+    """Measure the slim network and write pruned.pth, masked.pth and summary.json. A slim
+    network that is not the masked one ended the run in ``prune`` (``pruning.slim.SlimMismatch``,
+    exit status 1) before anything was written: the selection stays in the state file."""
+    counts, network, kept = result.counts, result.model, result.kept
+    weights, verification, full_width = result.masks, result.verification, result.full_width
+    summary = summarize(job, counts, network, kept, verification, result.masked,
+                        progress.seconds())
     out = Path(job.args.output_dir)
     if job.world.is_main:
         cfg = selection_cfg(job.units, counts, kept)
@@ -606,8 +581,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict:
         previous = job.saved.state["seconds"] if job.saved is not None else 0.0
         progress = SelectionProgress(job, job.saved.state["completed"] if job.saved else {},
                                      previous)
-        counts = select(job, progress)
-        summary = report(job, progress, counts)
+        summary = report(job, progress, prune_job(job, progress))
         if world.is_main:
             folder.commit()  # a fixed-size method's first checkpoint is pruned.pth
         return summary

@@ -14,16 +14,12 @@ targets. All return selection counts, so the masks, physical removal, checkpoint
 are shared with greedy selection.
 """
 
-from collections.abc import Callable, Iterator
+import functools
 
 import torch
 from torch import nn
 
-from pruning.evaluators import CandidateEvaluator, require
-from pruning.masks import Masks
-from pruning.metrics import Batch
-from pruning.selection import SelectionSettings, StepLog, layer_by_layer, unit_seed
-from pruning.stop import StopRule, require_finite
+from pruning.selection import BACKWARD, layer_by_layer, search_unit
 from pruning.units import Unit
 
 FIXED_SIZE_METHODS = ("magnitude", "random", "uniform")
@@ -64,65 +60,12 @@ def fixed_size_counts(
     return counts
 
 
-def eliminate_unit(
-    unit: Unit,
-    masks: Masks,
-    evaluator: CandidateEvaluator,
-    batches: Iterator[Batch],
-    stop: StopRule,
-    settings: SelectionSettings,
-    unit_index: int,
-    log_step: StepLog | None = None,
-) -> torch.Tensor:
-    """Greedy backward elimination for one unit.
+#: Greedy backward elimination for one unit: ``search_unit`` in the other direction. With a size
+#: target (``stop.target``) channels are removed until only that many remain; with a quality rule
+#: (loss gap, top-1 tolerance) they are removed while the rule still holds after the removal, and
+#: the first removal that breaks it is undone.
+eliminate_unit = functools.partial(search_unit, direction=BACKWARD)
 
-    With a size target (``stop.target``) channels are removed until only that many remain.
-    With a quality rule (loss gap, top-1 tolerance) channels are removed while the rule still
-    holds after the removal; the first removal that breaks it is undone.
-    """
-    require(evaluator, "removal_losses", "greedy backward elimination (--method backward)")
-    generator = torch.Generator().manual_seed(unit_seed(settings.seed, unit_index))
-    counts = torch.ones(unit.size, dtype=torch.long)
-    masks.set_counts(unit.name, counts)
-    stop.start(unit)
-    target = stop.target(unit)
-    for step in range(unit.size - 1):
-        if target is not None and int((counts > 0).sum()) <= target:
-            break
-        pool = torch.nonzero(counts).flatten()
-        if settings.candidates is not None and settings.candidates < len(pool):
-            pool = pool[torch.randperm(len(pool), generator=generator)[: settings.candidates]]
-        losses = evaluator.removal_losses(unit, counts, pool, next(batches))
-        position = int(torch.argmin(losses))  # a NaN anywhere is the minimum
-        require_finite(float(losses[position]),
-                       f"unit {unit.name}, step {step + 1}: the best removal's loss")
-        worst = int(pool[position])
-        counts[worst] -= 1
-        masks.set_counts(unit.name, counts)
-        if target is None and not stop.done(unit, counts):
-            counts[worst] += 1
-            masks.set_counts(unit.name, counts)
-            break
-        if log_step is not None:
-            log_step(unit, step, worst, float(losses.min()), stop.last_loss)
-    return counts
-
-
-def backward_elimination(
-    units: list[Unit],
-    masks: Masks,
-    evaluator: CandidateEvaluator,
-    batches: Iterator[Batch],
-    stop: StopRule,
-    settings: SelectionSettings,
-    completed: dict[str, torch.Tensor] | None = None,
-    after_unit: Callable[[Unit, dict[str, torch.Tensor]], None] | None = None,
-    log_step: StepLog | None = None,
-) -> dict[str, torch.Tensor]:
-    """Backward elimination over all units, input to output (see ``layer_by_layer``).
-
-    ``evaluator`` must have ``removal_losses`` (checked here, before any work).
-    """
-    require(evaluator, "removal_losses", "greedy backward elimination (--method backward)")
-    return layer_by_layer(eliminate_unit, units, masks, evaluator, batches, stop, settings,
-                          completed, after_unit, log_step)
+#: Backward elimination over all units, input to output (``layer_by_layer`` backward; the
+#: evaluator must have ``removal_losses``, checked before any work)
+backward_elimination = functools.partial(layer_by_layer, direction=BACKWARD)

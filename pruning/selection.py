@@ -9,6 +9,9 @@ until the stop rule holds. Later units stay dense while a unit is selected; earl
 their selection. By default every channel is a candidate (as in Algorithm 1); ``candidates=K``
 scores a truly random K-subset instead.
 
+Backward elimination (``pruning.baselines``) is the same loop in the other direction
+(``search_unit`` with ``BACKWARD``).
+
 By default each channel is selected at most once, so after N steps S = [N] and the dense layer
 is reproduced exactly: the paper's loss-gap rule is then guaranteed to hold by the end of a
 unit. ``replacement=True`` lets S be a multiset, as in the paper's two-layer theory (eq. (2));
@@ -21,12 +24,13 @@ so far (data), never to wall-clock state, so a run resumed after its last comple
 exactly the choices an uninterrupted run makes.
 """
 
+import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
 
-from pruning.evaluators import CandidateEvaluator
+from pruning.evaluators import CandidateEvaluator, require
 from pruning.masks import Masks
 from pruning.metrics import Batch
 from pruning.stop import StopRule, require_finite
@@ -119,7 +123,26 @@ class BatchStream:
         return batch
 
 
-def select_unit(
+@dataclass(frozen=True)
+class Direction:
+    """Which way ``search_unit`` walks: forward selection grows S from {} by the candidate whose
+    addition gives the lowest loss; backward elimination shrinks S from all N channels by the one
+    whose removal gives the lowest loss. The loop is the same, with the sign of the step flipped.
+    """
+
+    name: str
+    start: int  # every channel's count before the first step
+    sign: int  # +1: a step adds the chosen channel; -1: it removes it
+    scores: str  # the evaluator's method that scores the candidates
+    what: str  # the chosen candidate's loss, in a NaN message
+
+
+FORWARD = Direction("forward", 0, +1, "losses", "the best candidate's loss")
+BACKWARD = Direction("backward", 1, -1, "removal_losses", "the best removal's loss")
+BACKWARD_NEEDS = "greedy backward elimination (--method backward)"
+
+
+def search_unit(
     unit: Unit,
     masks: Masks,
     evaluator: CandidateEvaluator,
@@ -128,38 +151,59 @@ def select_unit(
     settings: SelectionSettings,
     unit_index: int,
     log_step: StepLog | None = None,
+    direction: Direction = FORWARD,
 ) -> torch.Tensor:
-    """Greedy selection for one unit; returns the selection counts (length N, sum |S|)."""
+    """Greedy search for one unit; returns the selection counts (length N, sum |S|).
+
+    Forward (Algorithm 1): add the best candidate until ``stop.done`` holds, at most N steps.
+    Backward: with a size target (``stop.target``) remove channels until only that many remain;
+    with a quality rule (loss gap, top-1 tolerance) remove channels while the rule still holds
+    after the removal, undoing the first removal that breaks it. ``settings.replacement`` only
+    applies forward.
+    """
+    forward = direction is FORWARD
+    if not forward:
+        require(evaluator, direction.scores, BACKWARD_NEEDS)
     generator = torch.Generator().manual_seed(unit_seed(settings.seed, unit_index))
-    counts = torch.zeros(unit.size, dtype=torch.long)
+    counts = torch.full((unit.size,), direction.start, dtype=torch.long)
     masks.set_counts(unit.name, counts)
     stop.start(unit)
-    for step in range(unit.size):  # at most N selections: never more than the dense layer has
-        pool = torch.arange(unit.size)
-        if not settings.replacement:
-            pool = torch.nonzero(counts == 0).flatten()
+    target = None if forward else stop.target(unit)
+    # forward: at most N selections, never more than the dense layer has; backward: keep one
+    for step in range(unit.size if forward else unit.size - 1):
+        if target is not None and int((counts > 0).sum()) <= target:
+            break
+        if forward and settings.replacement:
+            pool = torch.arange(unit.size)
+        else:
+            pool = torch.nonzero(counts == 0 if forward else counts > 0).flatten()
         if settings.candidates is not None and settings.candidates < len(pool):
             pool = pool[torch.randperm(len(pool), generator=generator)[: settings.candidates]]
-        losses = evaluator.losses(unit, counts, pool, next(batches))
+        losses = getattr(evaluator, direction.scores)(unit, counts, pool, next(batches))
         position = int(torch.argmin(losses))  # a NaN anywhere is the minimum
         require_finite(float(losses[position]),
-                       f"unit {unit.name}, step {step + 1}: the best candidate's loss")
-        best = int(pool[position])
-        counts[best] += 1
+                       f"unit {unit.name}, step {step + 1}: {direction.what}")
+        chosen = int(pool[position])
+        counts[chosen] += direction.sign
         masks.set_counts(unit.name, counts)
-        finished = stop.done(unit, counts)
+        # backward with a size target measures nothing: the target alone ends the unit
+        holds = stop.done(unit, counts) if forward or target is None else False
+        if not forward and target is None and not holds:  # the removal broke the rule: undo
+            counts[chosen] -= direction.sign
+            masks.set_counts(unit.name, counts)
+            break
         if log_step is not None:
-            log_step(unit, step, best, float(losses.min()), stop.last_loss)
-        if finished:
+            log_step(unit, step, chosen, float(losses.min()), stop.last_loss)
+        if forward and holds:
             break
     return counts
 
 
-UnitSearch = Callable[..., torch.Tensor]
+#: Algorithm 1's step loop for one unit (``search_unit`` forward)
+select_unit = functools.partial(search_unit, direction=FORWARD)
 
 
 def layer_by_layer(
-    search_unit: UnitSearch,
     units: list[Unit],
     masks: Masks,
     evaluator: CandidateEvaluator,
@@ -169,13 +213,17 @@ def layer_by_layer(
     completed: dict[str, torch.Tensor] | None = None,
     after_unit: Callable[[Unit, dict[str, torch.Tensor]], None] | None = None,
     log_step: StepLog | None = None,
+    direction: Direction = FORWARD,
 ) -> dict[str, torch.Tensor]:
-    """Run ``search_unit`` (``select_unit`` or a baseline's) on every unit, input to output.
+    """``search_unit`` in ``direction`` on every unit, input to output; the counts of all.
 
     ``completed`` holds the counts of units finished by an earlier, interrupted run: they are
     installed as they were and skipped. ``after_unit`` runs after each newly completed unit
-    (checkpointing, an optional short fine-tune) with all counts so far.
+    (checkpointing, an optional short fine-tune) with all counts so far. Backward needs an
+    evaluator with ``removal_losses`` (checked here, before any work).
     """
+    if direction is not FORWARD:
+        require(evaluator, direction.scores, BACKWARD_NEEDS)
     counts = dict(completed or {})
     for name, c in counts.items():
         masks.set_counts(name, c)
@@ -183,24 +231,12 @@ def layer_by_layer(
         if unit.name in counts:
             continue
         counts[unit.name] = search_unit(
-            unit, masks, evaluator, batches, stop, settings, index, log_step
+            unit, masks, evaluator, batches, stop, settings, index, log_step, direction
         )
         if after_unit is not None:
             after_unit(unit, counts)
     return counts
 
 
-def greedy_forward_selection(
-    units: list[Unit],
-    masks: Masks,
-    evaluator: CandidateEvaluator,
-    batches: Iterator[Batch],
-    stop: StopRule,
-    settings: SelectionSettings,
-    completed: dict[str, torch.Tensor] | None = None,
-    after_unit: Callable[[Unit, dict[str, torch.Tensor]], None] | None = None,
-    log_step: StepLog | None = None,
-) -> dict[str, torch.Tensor]:
-    """Algorithm 1 over all units; returns the counts of every unit (see ``layer_by_layer``)."""
-    return layer_by_layer(select_unit, units, masks, evaluator, batches, stop, settings,
-                          completed, after_unit, log_step)
+#: Algorithm 1 over all units (``layer_by_layer`` forward)
+greedy_forward_selection = functools.partial(layer_by_layer, direction=FORWARD)

@@ -5,6 +5,7 @@ prune script's own code path, beside the plain evaluator's, the shortlist's and 
 
 import argparse
 import contextlib
+import dataclasses
 import functools
 import math
 import sys
@@ -15,13 +16,18 @@ from pathlib import Path
 
 import torch
 
+import data
 import models
 import prune_cli
 from bench_common import NUM_CLASSES, SLOW_CANDIDATES, TABLE_UNITS, WHOLE, device_name, log
+from data.seeding import seed_everything
 from pruning import distributed
+from pruning.distributed_select import ShardedMeasure
 from pruning.masks import Masks
-from pruning.metrics import SubsetMeasure
-from pruning.selection import SelectionSettings, select_unit
+from pruning.metrics import SubsetMeasure, loss_and_top1
+from pruning.prune import build_evaluator, build_stop
+from pruning.runlog import RunLog
+from pruning.selection import BatchStream, SelectionSettings, select_unit
 from pruning.shortlist import ShortlistEvaluator
 from pruning.stop import MaxFraction, StopRule
 
@@ -145,12 +151,13 @@ def prune_argv(args: argparse.Namespace, output_dir: str) -> list[str]:
 def whole(args: argparse.Namespace) -> None:
     """Estimated wall time of a whole MobileNetV2 selection through ``mobile2_prune.py``.
 
-    The prune script's own objects (``prune_cli.setup``): its data loader
-    (``data.make_infinite_loader``) and ``BatchStream``, the evaluator ``build_evaluator``
-    makes (``--evaluator fast``, ``--precision`` as given; under torchrun partitioned across
-    the ranks), the loss-gap stop rule's ``SubsetMeasure`` after every step, the per-step
-    callbacks (``SelectionProgress.on_step``: TensorBoard scalar, bar; bars off) and the
-    per-unit one (``after_unit``: measurement, checkpoint). Per unit, ``select_unit`` runs
+    The prune script's own objects (``build_job``: its arguments parsed into the library's
+    ``PruneConfig``, its data and ``BatchStream``), the evaluator ``pruning.prune.
+    build_evaluator`` makes (``--evaluator fast``, ``--precision`` as given; under torchrun
+    partitioned across the ranks), the loss-gap stop rule ``pruning.prune.build_stop`` makes,
+    measured after every step, the prune script's per-step hook (``SelectionProgress.on_step``:
+    TensorBoard scalar, bar; bars off) and its per-unit ones (``after_unit``, ``save_state``:
+    measurement, checkpoint). Per unit, ``select_unit`` runs
     ``--whole-steps`` real steps; then, with |S| = n - 1 random channels installed (n = the
     unit's kept count, ceil(f N)), the evaluator is timed on the last step's pool (N - n + 1
     candidates) and on all N candidates (the last shows that the cost per candidate does not
@@ -187,7 +194,7 @@ def whole(args: argparse.Namespace) -> None:
     watch = Stopwatch(args.device, wall)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
         pargs = prune_cli.parse(WHOLE, prune_argv(args, str(Path(tmp) / "run")))
-        job = prune_cli.setup(pargs, distributed.init(pargs.device.type))
+        job = build_job(pargs, distributed.init(pargs.device.type))
         units = [u for u in job.units if not args.unit or u.name in args.unit]
         if args.unit and len(units) != len(set(args.unit)):
             raise SystemExit(f"--unit: unknown unit among {args.unit}; units are "
@@ -199,15 +206,44 @@ def whole(args: argparse.Namespace) -> None:
     print_whole(args, rows, fraction, how, wall, time.perf_counter() - started, world.size)
 
 
+def build_job(args: argparse.Namespace, world: distributed.World) -> prune_cli.Job:
+    """What the prune script sets up for a fresh run without --pretrained (no run folder):
+    data, model, units, dense measurement, ``PruneConfig``, stop rule and the batch stream."""
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    seed_everything(args.seed)
+    train_set, num_classes, image_size, eval_batches = prune_cli.load_data(args)
+    model = models.build(args.arch, args.width, num_classes, args.layout).to(args.device).eval()
+    units = models.prunable_units(args.arch, model, args.units)
+    dense = loss_and_top1(model, eval_batches)
+    loader = data.make_infinite_loader(train_set, args.batch_size, seed=args.seed,
+                                       workers=args.workers,
+                                       pin_memory=args.device.type == "cuda")
+    splits = models.splitter(args.arch, model) if args.evaluator == "fast" else None
+    measure = (ShardedMeasure(model, eval_batches, splits) if world.distributed else
+               SubsetMeasure(model, eval_batches, splits))
+    config = prune_cli.prune_config(args)
+    stop = build_stop(config, dense[0], measure, world.distributed)
+    log_ = RunLog(Path(args.output_dir), world.is_main, not args.no_progress)
+    return prune_cli.Job(args, world, log_, train_set, num_classes, image_size, eval_batches,
+                         model, units, Masks(model, units), dense, None,
+                         BatchStream(loader, args.device), measure, stop, time.time(),
+                         config=config)
+
+
+def evaluator_of(job: prune_cli.Job, evaluator: str):
+    """``build_evaluator`` as the prune script calls it, with ``--evaluator`` as given."""
+    config = dataclasses.replace(job.config, evaluator=evaluator)
+    splits = models.splitter(job.args.arch, job.model) if evaluator == "fast" else None
+    return build_evaluator(config, job.model, job.masks, splits, job.world.distributed)
+
+
 def whole_rows(args, job, units, fraction: float, watch: Stopwatch) -> list[dict]:
     """Per unit: its size, kept count, measured parts and the three estimates (``whole``)."""
     k, world = args.shortlist, job.world
     pick = torch.Generator().manual_seed(2)
     batch = next(job.batches)
     # --- the plain evaluator and the full measurement, before the fast evaluator's conversion
-    job.args.evaluator = "plain"
-    plain = prune_cli.build_evaluator(job)
-    job.args.evaluator = "fast"
+    plain = evaluator_of(job, "plain")
     full_measure = SubsetMeasure(job.model, job.eval_batches)
     plain_times = {}
     few = torch.arange(SLOW_CANDIDATES * world.size)
@@ -219,10 +255,10 @@ def whole_rows(args, job, units, fraction: float, watch: Stopwatch) -> list[dict
         plain_times[unit.name] = (per_candidate, watch.best("full measure", full_measure, unit))
         job.masks.set_counts(unit.name, torch.ones(unit.size, dtype=torch.long))
     # --- the prune script's evaluator, stop rule and callbacks, a few real steps per unit
-    fast = prune_cli.build_evaluator(job)
+    fast = evaluator_of(job, "fast")
     shortlisted = ShortlistEvaluator(fast, k)
     progress = prune_cli.SelectionProgress(job, {}, 0.0)
-    settings = SelectionSettings(seed=job.args.seed)
+    settings = SelectionSettings(seed=job.config.seed)
     stop = MaxFraction(fraction)
     counts, rows = {}, []
     for index, unit in enumerate(job.units):
@@ -235,6 +271,7 @@ def whole_rows(args, job, units, fraction: float, watch: Stopwatch) -> list[dict
             StepLimit(job.stop, args.whole_steps, laps), settings, index,
             functools.partial(laps.time, "log", progress.on_step))
         laps.time("after unit", progress.after_unit, unit, counts)
+        laps.time("after unit", progress.save_state, unit, counts)
         n, size = stop.target(unit), unit.size
         late = torch.zeros(size, dtype=torch.long)
         late[torch.randperm(size, generator=pick)[: n - 1]] = 1

@@ -1,9 +1,10 @@
-"""Prune your own model: declare its units, run greedy forward selection from Python, slim it.
+"""Prune your own model: declare its units, call ``pruning.prune.prune``, save the slim network.
 
 The README's "Prune your own model" section is this test: a small VGG-style CNN that is not one of
 the repository's architectures, registered with its three units declared by module name,
-Algorithm 1 with the paper's loss-gap rule, the slim network checked against the masked one, and
-the pruned checkpoint reloaded through the registry. No command-line script is involved.
+Algorithm 1 with the paper's loss-gap rule through ``prune(model, units, PruneConfig(...), ...)``,
+the slim network checked against the masked one, and the pruned checkpoint reloaded through the
+registry. No command-line script is involved.
 """
 
 import torch
@@ -13,11 +14,8 @@ from torch import nn
 import data
 import models
 from pruning.checkpoint import Checkpoint, save, selection_cfg
-from pruning.evaluators import PlainEvaluator
 from pruning.masks import Masks
-from pruning.metrics import SubsetMeasure, loss_and_top1
-from pruning.selection import SelectionSettings, greedy_forward_selection
-from pruning.stop import LossGap
+from pruning.prune import PruneConfig, prune
 from pruning.units import ChannelSpace, Unit, check_units
 
 
@@ -76,24 +74,31 @@ def test_prune_custom_model(tmp_path):
     model, eval_batches, generator = trained_model()
     units = models.prunable_units("small_vgg", model)
     check_units(model, units)
-    masks = Masks(model, units)
-    dense_loss, dense_top1 = loss_and_top1(model, eval_batches)
 
-    def minibatches():
+    def batches():
         x, y = torch.cat([b[0] for b in eval_batches]), torch.cat([b[1] for b in eval_batches])
         while True:
             idx = torch.randint(0, len(x), (64,), generator=generator)
             yield x[idx], y[idx]
 
+    minibatches = batches()
     epsilon = 0.05
-    stop = LossGap(epsilon, dense_loss, SubsetMeasure(model, eval_batches))
-    counts = greedy_forward_selection(units, masks, PlainEvaluator(model, masks), minibatches(),
-                                      stop, SelectionSettings())
-    pruned_loss, _ = loss_and_top1(model, eval_batches)
+    # the README's lines
+    config = PruneConfig(method="greedy", stop="loss_gap", epsilon=epsilon)  # the paper's rule
+    result = prune(model, units, config, minibatches, eval_batches)  # an iterator; a fixed list
+    save(Checkpoint("pruned", "small_vgg", 1.0, 10, result.model.state_dict(), "conv",
+                    selection_cfg(units, result.counts, result.kept)), tmp_path / "pruned.pth")
+    reloaded, ckpt = models.load_pruned(tmp_path / "pruned.pth")  # rebuilt through the registry
+
+    counts, slim, kept = result.counts, result.model, result.kept
+    (dense_loss, dense_top1), (pruned_loss, _) = result.dense, result.masked
     probe = eval_batches[0][0]
+    masks = Masks(model, units)  # the masked network again: prune() took its masks off
+    for name, c in counts.items():
+        masks.set_counts(name, c)
     with torch.no_grad():
         masked = model(probe)
-    slim, kept, _ = masks.slim(model)
+    masks.remove()
 
     assert dense_top1 > 0.5  # the network learned something worth keeping
     assert pruned_loss - dense_loss < epsilon  # the paper's stop rule, after the last unit
@@ -101,11 +106,40 @@ def test_prune_custom_model(tmp_path):
     assert slim.features[0].out_channels == len(kept["conv1"]) == int((counts["conv1"] > 0).sum())
     with torch.no_grad():
         assert torch.allclose(slim(probe), masked, rtol=1e-4, atol=1e-5)
+    assert result.verification["slim_exact"]
+    assert [s.unit for s in result.history][:1] == ["conv1"] and len(result.history) == sum(
+        int(c.sum()) for c in counts.values())  # one history entry per greedy step
 
     # saved as the prune scripts save it, rebuilt from the registry (no pickled module)
-    cfg = selection_cfg(units, counts, kept)
-    save(Checkpoint("pruned", "small_vgg", 1.0, 10, slim.state_dict(), "conv", cfg),
-         tmp_path / "pruned.pth")
-    reloaded, ckpt = models.load_pruned(tmp_path / "pruned.pth")
     with torch.no_grad():
         assert torch.equal(reloaded.eval()(probe), slim(probe))
+
+
+def test_prune_config_names_the_field_it_refuses():
+    import pytest
+
+    for kwargs, field in [({"method": "forward"}, "method"), ({"epsilon": 0}, "epsilon"),
+                          ({"top1_tol": 1.0}, "top1_tol"), ({"keep_fraction": 0}, "keep_fraction"),
+                          ({"method": "random"}, "method"), ({"shortlist": 4}, "shortlist"),
+                          ({"exact_steps": 2}, "exact_steps"), ({"precision": "bf16"}, "precision"),
+                          ({"candidates": 0}, "candidates"), ({"evaluator": "quick"}, "evaluator"),
+                          ({"samples_per_pass": 0}, "samples_per_pass")]:
+        with pytest.raises(ValueError, match=f"PruneConfig.{field}"):
+            PruneConfig(**kwargs)
+
+
+def test_prune_backward_and_a_baseline_share_the_call():
+    import copy
+
+    model, eval_batches, _ = trained_model()
+    dense = copy.deepcopy(model)
+    batches = iter([(x[:16], y[:16]) for x, y in eval_batches] * 10)
+    backward = prune(model, models.prunable_units("small_vgg", model),
+                     PruneConfig(method="backward", stop="fraction", keep_fraction=0.5), batches,
+                     eval_batches[:1])
+    assert backward.kept_counts == {"conv1": 8, "conv2": 16, "conv3": 16}
+    assert len(backward.history) == 8 + 16 + 16 and backward.verification["slim_exact"]
+    magnitude = prune(dense, models.prunable_units("small_vgg", dense),
+                      PruneConfig(method="magnitude", match_kept=backward.kept_counts), None,
+                      eval_batches[:1])
+    assert magnitude.kept_counts == backward.kept_counts and not magnitude.history
