@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo pipeline lint clean
+.PHONY: test test-fast demo pipeline lint clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -15,6 +15,10 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 	$(PY) scripts/gpu_check.py --device cpu
+
+# The unit tier alone (tests/conftest.py: no e2e or families marker), for feedback while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not e2e and not families"
 
 # Writes to runs/demo (git-ignored); fig/ holds the committed copies, made by hand with
 # `$(PY) toy_two_layer.py --out fig`.
