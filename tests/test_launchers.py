@@ -1,8 +1,10 @@
 """The table launchers (scripts/table*.py, scripts/pretraining.py) end to end in --smoke mode.
 
 One tiny dense MobileNetV2 x0.5 and ResNet34 are trained once for the session and passed to every
-launcher as --...-pretrained; all launchers write into one runs directory, so Tables 2 and 5 reuse
-Table 1's epsilon sweep as they would on a GPU machine. Every check reads a number from the
+launcher as --...-pretrained; the dense MobileNetV3-Small x0.75 and ProxylessNAS-Mobile are
+trained by Table 1's smoke run itself (under ``<runs>/dense/``, where Table 2 finds its
+MobileNetV3-Small). All launchers write into one runs directory, so Tables 2 and 5 reuse Table 1's
+epsilon sweep as they would on a GPU machine. Every check reads a number from the
 launcher's table.md and compares it with the summary.json of the run it names.
 """
 
@@ -77,8 +79,26 @@ def test_table1_smoke_builds_the_table_from_the_runs(smoke, resnet34):
         assert row["MACs"] == launch.macs(s["macs"])
         assert row["kept channels"] == f"{s['kept_channels']}/{s['total_channels']}"
     rows = table_rows(table, "Table 1")
-    assert {r["arch"] for r in rows} == {"mobilenet_v2", "resnet34"}
-    assert len([r for r in rows if r["method"] == "Ours (greedy)"]) == 7 + 2  # the paper's rows
+    assert {r["arch"] for r in rows} == {"mobilenet_v2", "resnet34", "mobilenet_v3_small",
+                                         "proxylessnas_mobile"}
+    assert len([r for r in rows if r["method"] == "Ours (greedy)"]) == 7 + 2 + 1 + 1
+    # the newer families' rows: the paper's MACs as fractions of the paper's dense counts (64M
+    # and 324M, not this repository's 60.9M and 336M), each fine-tuned from its own run
+    for arch, method, paper, target, run in (
+            ("mobilenet_v3_small", "Ours (greedy)", "49.0M", "0.766", "greedy"),
+            ("mobilenet_v3_small", "Uniform", "47.0M", "0.734", "uniform"),
+            ("proxylessnas_mobile", "Ours (greedy)", "232.0M", "0.716", "greedy"),
+            ("proxylessnas_mobile", "Uniform", "240.0M", "0.741", "uniform")):
+        row = next(r for r in rows if r["arch"] == arch and r["method"] == method)
+        assert (row["paper MACs"], row["paper of dense"]) == (paper, target)
+        assert row["run"].startswith(f"{arch}-{run}")
+        s = summary(smoke["runs"] / "table1" / row["run"] / "finetune")
+        assert s["arch"] == arch and row["top-1"] == f"{s['top1']:.2f}"
+        assert row["of dense"] == f"{s['macs'] / s['dense_macs']:.3f}"
+    assert summary(smoke["runs"] / "table1" / "mobilenet_v3_small-dense")["width"] == 0.75
+    # with --smoke the baselines run for the paper's two main families only
+    assert {r["arch"] for r in rows if "same kept channels" in r["method"]} == {"mobilenet_v2",
+                                                                             "resnet34"}
     dense = next(r for r in rows if r["arch"] == "mobilenet_v2" and r["method"] == "Full model")
     s = summary(smoke["runs"] / "table1" / dense["run"])
     assert dense["top-1"] == f"{s['top1']:.2f}" and dense["fine-tune epochs"] == "0"
@@ -101,7 +121,9 @@ def test_table2_smoke_retrains_with_the_scratch_b_budget(smoke):
     out = run_script("table2.py", *common(smoke), "--mobilenet-v2-pretrained",
                      smoke["mobilenet_v2"]).stdout
     rows = table_rows(smoke["runs"] / "table2" / "table.md", "Table 2")
-    assert len(rows) == 2
+    assert [(r["arch"], r["paper MACs"], r["paper of dense"]) for r in rows] == [
+        ("mobilenet_v2", "220.0M", "0.701"), ("mobilenet_v2", "170.0M", "0.541"),
+        ("mobilenet_v3_small", "49.0M", "0.766")]
     for row in rows:
         scratch = summary(smoke["runs"] / "table2" / row["run"] / "scratch")
         finetune = summary(smoke["runs"] / "table1" / row["run"] / "finetune")
@@ -215,3 +237,52 @@ def test_scripts_flags_and_run_folders_are_named_by_the_registry(tmp_path):
     assert launch.arch_flag("mobilenet_v2", "pretrained") == "--mobilenet-v2-pretrained"
     assert (launch.prune_script("resnet34"), launch.train_script("mobilenet_v2")) == (
         "resnet34_prune.py", "mobile2_finetune.py")
+
+
+def test_the_newer_families_dry_run_with_their_scripts_and_fraction_targets(tmp_path):
+    """MobileNetV3-Small (torchvision's weights, width 1.0) and ProxylessNAS-Mobile (no
+    torchvision weights: a placeholder in a dry run, or the file given) in Tables 1 and 2, with
+    the paper's MACs as fractions of its dense counts (49/64, 232/324)."""
+    out = run_script("table1.py", "--dry-run", "--data-path", "/data/x", "--runs-dir",
+                     str(tmp_path), "--archs", "mobilenet_v3_small", "proxylessnas_mobile",
+                     "--mobilenet-v3-small-epsilons", "0.02").stdout
+    commands = [line for line in out.splitlines() if line.startswith("$ ")]
+    v3 = [c for c in commands if "mobile3_prune.py" in c]
+    assert len(v3) == 1 + 5  # the one epsilon given and the five uniform fractions
+    assert all("--width 1.0 " in c and "--pretrained IMAGENET1K_V1" in c for c in v3)
+    assert str(tmp_path / "table1" / "mobilenet_v3_small-greedy-eps0.02" / "prune") in v3[0]
+    proxyless = [c for c in commands if "proxyless_prune.py" in c]
+    assert len(proxyless) == len(launch.SWEEP_EPSILONS["proxylessnas_mobile"]) + 5
+    assert all("--width" not in c and "--pretrained PROXYLESSNAS_MOBILE_WEIGHTS" in c
+               for c in proxyless)
+    assert any("mobile3_finetune.py" in c and "--evaluate-only" in c for c in commands)
+    for note in ("mobilenet_v3_small 49.0M (0.766 of the dense MACs)",
+                 "mobilenet_v3_small 47.0M (0.734 of the dense MACs)",
+                 "proxylessnas_mobile 232.0M (0.716 of the dense MACs)",
+                 "proxylessnas_mobile 240.0M (0.741 of the dense MACs)",
+                 "--proxylessnas-mobile-pretrained"):
+        assert note in out
+    out = run_script("table1.py", "--dry-run", "--data-path", "/data/x", "--runs-dir",
+                     str(tmp_path), "--archs", "proxylessnas_mobile",
+                     "--proxylessnas-mobile-pretrained", "proxyless_mobile.pth").stdout
+    assert "--pretrained proxyless_mobile.pth" in out and "_WEIGHTS" not in out
+    out = run_script("table2.py", "--dry-run", "--data-path", "/data/x", "--runs-dir",
+                     str(tmp_path), "--archs", "mobilenet_v3_small",
+                     "--mobilenet-v3-small-epsilons", "0.02").stdout
+    assert [c for c in out.splitlines() if c.startswith("$ ")] == [  # Table 1's sweep, shared
+        c for c in commands if "mobile3_prune.py" in c and "--epsilon " in c]
+    assert "mobilenet_v3_small 49.0M (0.766 of the dense MACs)" in out
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_full_run_without_proxylessnas_weights_is_refused_before_any_step(tmp_path):
+    """torchvision has no ProxylessNAS-Mobile weights: a full run is refused up front (exit 2),
+    not after the other families' runs."""
+    (tmp_path / "data").mkdir()
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "table1.py"), "--data-path",
+                             str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")],
+                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "give the pretrained ProxylessNAS-Mobile weights" in result.stderr
+    assert not [line for line in result.stdout.splitlines() if line.startswith("$ ")]
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("launch.json"))
