@@ -203,11 +203,11 @@ def validate(arch: Architecture) -> None:
             fail("layouts", f"{layout!r} must be a new name mapped to a function")
     width = min(arch.widths)
     for layout in arch.layout_names:
+        with torch.device("meta"):  # one network per layout: declaring units does not change it
+            model = arch.build(width, 10)
+            if layout != DEFAULT_LAYOUT:
+                arch.layouts[layout](model)
         for kind in arch.unit_kinds:
-            with torch.device("meta"):
-                model = arch.build(width, 10)
-                if layout != DEFAULT_LAYOUT:
-                    arch.layouts[layout](model)
             try:
                 units = arch.units(model, kind)
                 if not units:
