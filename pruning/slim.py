@@ -18,11 +18,15 @@ model from its cfg before its state_dict is loaded.
 """
 
 import copy
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 from torch import nn
 
 from pruning.units import Unit, spaces_of
+
+T = TypeVar("T")
 
 
 def kept_channels(units: list[Unit], weights: dict[str, torch.Tensor]) -> dict[str, list[int]]:
@@ -249,31 +253,29 @@ def _alone(units: list[Unit], weights: dict[str, torch.Tensor],
             for u in units}
 
 
-def _masked_logits(model: nn.Module, units: list[Unit], weights: dict[str, torch.Tensor],
-                   x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The masked network's logits on ``x`` in ``model``'s dtype and in float64."""
+def _under_masks(model: nn.Module, units: list[Unit], weights: dict[str, torch.Tensor],
+                 run: Callable[[], T]) -> T:
+    """``run()`` with the mixing weights ``weights`` installed on ``model``, hooks removed after."""
     from pruning.masks import Masks  # pruning.masks imports this module
 
     masks = Masks(model, units)
     try:
         for name, w in weights.items():
             masks.set_weights(name, w)
-        return model(x), float64_logits(model, x)
+        return run()
     finally:
         masks.remove()
+
+
+def _masked_logits(model: nn.Module, units: list[Unit], weights: dict[str, torch.Tensor],
+                   x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked network's logits on ``x`` in ``model``'s dtype and in float64."""
+    return _under_masks(model, units, weights, lambda: (model(x), float64_logits(model, x)))
 
 
 def _float64_error(model64: nn.Module, units: list[Unit], weights: dict[str, torch.Tensor],
                    x64: torch.Tensor) -> float:
     """max |slim - masked| / max |masked| with both networks in float64 (``model64``)."""
-    from pruning.masks import Masks
-
-    masks = Masks(model64, units)
-    try:
-        for name, w in weights.items():
-            masks.set_weights(name, w)
-        masked = model64(x64)
-    finally:
-        masks.remove()
+    masked = _under_masks(model64, units, weights, lambda: model64(x64))
     slim, _ = slim_model(model64, units, weights)
     return ((slim(x64) - masked).abs().max() / masked.abs().max().clamp(min=1e-300)).item()
