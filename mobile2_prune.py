@@ -8,7 +8,7 @@ every option and README.md for the settings behind the paper's tables.
 """
 
 import torchvision_compat  # noqa: F401
-from prune_cli import main
+from scripts.runner.prune_cli import main
 
 if __name__ == "__main__":
     main("mobilenet_v2")

@@ -11,7 +11,7 @@ option and the checkpoint format, README.md for the commands behind the paper's 
 """
 
 import torchvision_compat  # noqa: F401
-from finetune_cli import main
+from scripts.runner.finetune_cli import main
 
 if __name__ == "__main__":
     main("proxylessnas_mobile")

@@ -9,7 +9,7 @@ prune_cli.py for every option and README.md for the settings behind the paper's 
 """
 
 import torchvision_compat  # noqa: F401
-from prune_cli import main
+from scripts.runner.prune_cli import main
 
 if __name__ == "__main__":
     main("proxylessnas_mobile")

@@ -1,6 +1,6 @@
 """Two-layer experiments of greedy forward selection, on a CPU in about a minute.
 
-This is the quick start of the project: the command line of `pruning.two_layer`, which
+This is the quick start of the project: the command line of `scripts.two_layer`, which
 reproduces on synthetic data the two-layer theory of Ye et al. (2020) (greedy forward selection
 reaches loss O(1/n^2) in the subnetwork size n, random subsets O(1/n)) and of Wolfe et al.
 (2023) (Lemma 1, the pre-training sweep of Figure 1, the distributed selection of Algorithm 3).
@@ -21,9 +21,9 @@ from dataclasses import replace
 
 import torch
 
-from pruning.arguments import MAX_SEED, ArgumentParser, output_folder, positive_int, seed
-from pruning.two_layer.experiments import run
-from pruning.two_layer.settings import Settings, quick_settings
+from scripts.runner.arguments import MAX_SEED, ArgumentParser, output_folder, positive_int, seed
+from scripts.two_layer.experiments import run
+from scripts.two_layer.settings import Settings, quick_settings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -26,7 +26,7 @@ Writes go to a temporary file in the same folder followed by ``os.replace``, so 
 either the old file or the new one, never half of one. A write that fails (a full disk: torch
 says ``[enforce fail at inline_container.cc] ... unexpected pos``; any other ``OSError``) removes
 its temporary file and raises ``WriteError``, one line naming the file; the scripts end with it
-(exit status 1, ``pruning.command``).
+(exit status 1, the command line's exit policy).
 """
 
 import errno

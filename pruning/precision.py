@@ -13,17 +13,14 @@ slim-vs-masked check of a pruned MobileNetV2 from 2.4e-05 to 3.8e-02. So the pol
 * **training** (fine-tuning, and the optional short fine-tune between units) may use TF32 for
   speed; the fine-tune scripts' ``--tf32/--no-tf32`` sets it (``set_tf32``).
 
-``runtime_record`` is what every summary.json stores about the machine and these choices.
+The record of these choices in every summary.json is ``scripts.runner.machine.runtime_record``.
 """
 
 from __future__ import annotations
 
 import functools
-import os
-import platform
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
@@ -69,45 +66,3 @@ def exact(fn: Fn) -> Fn:
 def set_tf32(allowed: bool) -> None:
     """Allow or forbid TF32 for float32 matmuls and convolutions from now on (training)."""
     _set_flags(allowed, allowed)
-
-
-def tf32_in_effect(device: torch.device) -> bool:
-    """Whether float32 convolutions outside the exact parts may run in TF32 on ``device``:
-    a CUDA device of compute capability 8.0 or newer, cuDNN's flag on, and no
-    ``NVIDIA_TF32_OVERRIDE=0`` in the environment (which disables TF32 below PyTorch)."""
-    if device.type != "cuda" or os.environ.get("NVIDIA_TF32_OVERRIDE") == "0":
-        return False
-    return torch.backends.cudnn.allow_tf32 and torch.cuda.get_device_capability(device)[0] >= 8
-
-
-def device_name(device: torch.device) -> str:
-    """The GPU's name, or the CPU's model name from ``/proc/cpuinfo`` where there is one
-    (``platform`` often knows only "x86_64", and a CPU time means little without the model)."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def runtime_record(device: torch.device, candidates: str | None = None) -> dict[str, Any]:
-    """The machine and precision facts a summary.json needs to say what produced its numbers.
-
-    ``candidates`` is the candidate-loss precision of a prune run (None for training runs).
-    ``tf32`` is whether the parts outside the exact ones could run in TF32, read when called.
-    """
-    record: dict[str, Any] = {
-        "device_name": device_name(device),
-        "torch_version": str(torch.__version__),
-        "cuda_version": torch.version.cuda,
-        "cudnn_version": torch.backends.cudnn.version() if device.type == "cuda" else None,
-        "tf32": tf32_in_effect(device),
-        "exact_parts": "IEEE float32 (TF32 off)",
-    }
-    if candidates is not None:
-        record["candidate_precision"] = candidates
-    return record

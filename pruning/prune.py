@@ -8,7 +8,7 @@
 shortlist, candidates, replacement, seed); ``prune`` builds the evaluator and the stop rule from
 it, runs the selection unit by unit (``pruning.selection.layer_by_layer``, forward or backward;
 the fixed-size baselines of ``pruning.baselines``), and slims the network with
-``pruning.slim.verify_slim``, which raises ``SlimMismatch`` when the slim network is not the
+``pruning.verify.verify_slim``, which raises ``SlimMismatch`` when the slim network is not the
 masked one. What a command line adds (progress bars, checkpoints after every unit, resume, a
 short fine-tune between units, a torchrun partition) comes in through keyword arguments; nothing
 here parses arguments or writes files (``prune_cli.py`` does both over this module).
@@ -29,7 +29,7 @@ from pruning.metrics import Batch, SubsetMeasure, loss_and_top1
 from pruning.precision import CANDIDATE_PRECISIONS, exact_float32
 from pruning.selection import BACKWARD, FORWARD, SelectionSettings, StepLog, layer_by_layer
 from pruning.shortlist import ShortlistEvaluator
-from pruning.slim import verify_slim
+from pruning.verify import verify_slim
 from pruning.stop import (LossGap, MatchKept, Measure, MaxFraction, StopRule, Top1Tolerance,
                           require_finite)
 from pruning.units import Splitter, Unit

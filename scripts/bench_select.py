@@ -75,7 +75,7 @@ from pruning.fast_evaluators import (  # noqa: E402
     PrefixCachedEvaluator,
     default_samples_per_pass,
 )
-from pruning.arguments import (  # noqa: E402
+from scripts.runner.arguments import (  # noqa: E402
     ArgumentParser,
     UsageError,
     check_image_and_batch,

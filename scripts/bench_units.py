@@ -71,7 +71,7 @@ from torch import nn  # noqa: E402
 import data  # noqa: E402
 import models  # noqa: E402
 from models import splitter  # noqa: E402
-from pruning.arguments import (  # noqa: E402
+from scripts.runner.arguments import (  # noqa: E402
     ArgumentParser,
     UsageError,
     check_image_and_batch,
@@ -82,7 +82,7 @@ from pruning.arguments import (  # noqa: E402
 from pruning.evaluators import PlainEvaluator  # noqa: E402
 from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass  # noqa: E402
 from pruning.masks import Masks  # noqa: E402
-from pruning.precision import device_name  # noqa: E402
+from scripts.runner.machine import device_name  # noqa: E402
 from pruning.shortlist import shortlist  # noqa: E402
 from pruning.units import Unit  # noqa: E402
 

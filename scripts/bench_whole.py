@@ -18,15 +18,15 @@ import torch
 
 import data
 import models
-import prune_cli
+from scripts.runner import prune_cli
 from bench_common import NUM_CLASSES, SLOW_CANDIDATES, TABLE_UNITS, WHOLE, device_name, log
 from data.seeding import seed_everything
-from pruning import distributed
+from scripts.runner import distributed
 from pruning.distributed_select import ShardedMeasure
 from pruning.masks import Masks
 from pruning.metrics import SubsetMeasure, loss_and_top1
 from pruning.prune import build_evaluator, build_stop
-from pruning.runlog import RunLog
+from scripts.runner.runlog import RunLog
 from pruning.selection import BatchStream, SelectionSettings, select_unit
 from pruning.shortlist import ShortlistEvaluator
 from pruning.stop import MaxFraction, StopRule

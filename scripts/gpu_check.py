@@ -59,12 +59,12 @@ import torch  # noqa: E402
 
 import models  # noqa: E402
 from launch import prune_script, train_script  # noqa: E402
-from pruning.arguments import ArgumentParser, output_folder, positive_int  # noqa: E402
+from scripts.runner.arguments import ArgumentParser, output_folder, positive_int  # noqa: E402
 from pruning.checkpoint import Checkpoint, read  # noqa: E402
 
 #: Slim vs masked logits: within SLIM_RTOL of the largest logit, or (networks whose activations
 #: dwarf their logits) no further from the masked network in float64 than ROUNDING_FACTOR times
-#: the masked network's own float32 error (``pruning.slim.slim_verification``).
+#: the masked network's own float32 error (``pruning.verify.slim_verification``).
 SLIM_RTOL = 1e-4
 ROUNDING_FACTOR = 10
 RUNTIME_KEYS = ("device_name", "torch_version", "cuda_version", "tf32", "exact_parts")
@@ -339,7 +339,7 @@ def loadable(path: Path) -> Checkpoint | None:
 
 def prune_resume(ctx: Context) -> str:
     """A prune run SIGKILLed after its second unit, resumed, equals an uninterrupted run."""
-    from prune_cli import STATE_FILE
+    from scripts.runner.prune_cli import STATE_FILE
 
     script = prune_script("mobilenet_v2")
     extra = ("--stop", "fraction", "--keep-fraction", ctx.sizes.keep)
@@ -863,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
     sizes = SIZES[device.type]
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="gpu_check-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    from pruning.precision import device_name
+    from scripts.runner.machine import device_name
 
     cuda = f", CUDA {torch.version.cuda}" if device.type == "cuda" else ""
     print(f"gpu_check on {device_name(device)} (torch {torch.__version__}{cuda}); synthetic data "

@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:  # the repository's modules, for steps run in this
     sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
-from pruning.arguments import (  # noqa: E402
+from scripts.runner.arguments import (  # noqa: E402
     ArgumentParser,
     UsageError,
     check_output_dir,
@@ -413,9 +413,9 @@ def run_in_process(step: Step) -> None:
 
 
 def record_launcher(folder: Path) -> None:
-    """Mark a launcher's folder (``runs/<table>``) as one (``pruning.rundir``): a prune or
+    """Mark a launcher's folder (``runs/<table>``) as one (``scripts.runner.rundir``): a prune or
     fine-tune run pointed at it is refused rather than mixed into it."""
-    from pruning.rundir import RECORD as KIND_RECORD, write_record
+    from scripts.runner.rundir import RECORD as KIND_RECORD, write_record
 
     if not (folder / KIND_RECORD).exists():
         folder.mkdir(parents=True, exist_ok=True)

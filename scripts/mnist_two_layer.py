@@ -8,7 +8,7 @@ MNIST is read from --data-path in torchvision's layout (``MNIST/raw/train-images
 and ``train-labels-idx1-ubyte``, optionally ``.gz``, or the same files directly in the folder);
 nothing is downloaded. Writes ``mnist_two_layer.json`` (every cell: N, sub-dataset size,
 iteration, trial, pruned and dense accuracy) and ``mnist_two_layer.png`` (one heat map per N with
-the red line) to --out. See ``pruning/two_layer/mnist.py`` for the experiment and for how the
+the red line) to --out. See ``scripts/two_layer/mnist.py`` for the experiment and for how the
 paper's open points were read. Bad input is one line on stderr and exit status 2.
 """
 
@@ -24,17 +24,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from data import DataError, load_mnist  # noqa: E402
-from pruning.arguments import (  # noqa: E402
+from scripts.runner.arguments import (  # noqa: E402
     ArgumentParser,
     device,
     output_folder,
     positive_int,
     seed_below,
 )
-from pruning.two_layer.mnist import MnistSettings, quick_mnist_settings, run  # noqa: E402
+from scripts.two_layer.mnist import MnistSettings, quick_mnist_settings, run  # noqa: E402
 
 #: The experiment seeds its generators with seed * 1_000_003 + N * 101 + trial
-#: (``pruning.two_layer.mnist``), which must stay within torch's 64 bits.
+#: (``scripts.two_layer.mnist``), which must stay within torch's 64 bits.
 MAX_MNIST_SEED = (2**63 - 1) // 1_000_003 - 1
 
 

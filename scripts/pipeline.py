@@ -22,7 +22,7 @@ scripts, in this order, under ``<out>/<arch>/``:
 then writes ``<out>/table.md``, ``<out>/table.json`` and ``<out>/pipeline.png`` (MACs vs
 held-out top-1, before and after fine-tuning, one marker per method) from the runs'
 ``summary.json`` files (``pipeline_table.py``). Every prune run also times the dense and the
-slim network's forward pass (``summary.json``'s ``latency``, ``pruning/latency.py``); the table
+slim network's forward pass (``summary.json``'s ``latency``, ``runner/latency.py``); the table
 shows the speed-ups.
 
 Why it is built this way:
@@ -39,7 +39,7 @@ Why it is built this way:
   (``scripts/launch.py``'s ``Step``). ``<out>`` holding an earlier run is refused unless
   ``--resume`` (continue it) or ``--overwrite`` (delete it and start again) is given; a finished
   step made with other sizes is refused rather than reused. ``<out>`` follows the run-folder
-  rules of ``pruning/rundir.py`` (a lock, its kind recorded), and ``--overwrite`` deletes only
+  rules of ``runner/rundir.py`` (a lock, its kind recorded), and ``--overwrite`` deletes only
   what a pipeline writes: a folder that holds anything else is refused, naming a file.
 * **The sizes** (``SIZES``) were chosen so that the whole pipeline takes under 15 minutes on the
   2-core machine of ``ENVIRONMENT.md`` while the dense networks are well trained; they are
@@ -68,14 +68,14 @@ for path in (ROOT, ROOT / "scripts"):
 import launch  # noqa: E402
 from launch import Step, StepFailed  # noqa: E402
 from pipeline_table import plot, table_markdown  # noqa: E402
-from pruning.arguments import (  # noqa: E402
+from scripts.runner.arguments import (  # noqa: E402
     ArgumentParser,
     UsageError,
     output_folder,
     positive_int,
     seed,
 )
-from pruning.rundir import BOOKKEEPING, RunDir, first_file, foreign_file  # noqa: E402
+from scripts.runner.rundir import BOOKKEEPING, RunDir, first_file, foreign_file  # noqa: E402
 
 ARCHS = ("mobilenet_v2", "resnet34")
 METHODS = ("greedy", "magnitude", "random", "uniform")
@@ -240,7 +240,7 @@ ARCH_FILES = ("log.txt", "timings.json")
 
 
 def start_out(out: Path, resume: bool, overwrite: bool) -> None:
-    """The run-folder rules of the other scripts (``pruning.rundir``): ``<out>`` is locked while
+    """The run-folder rules of the other scripts (``runner.rundir``): ``<out>`` is locked while
     the pipeline runs and records that it is a pipeline's; an earlier run is refused unless
     --resume (continue it) or --overwrite (delete it). --overwrite deletes only what the
     pipeline wrote, and refuses, naming a file, a folder that holds anything else."""
@@ -332,7 +332,7 @@ def cpu_name() -> str:
     """The CPU's model name, as the prune runs' latency records give it."""
     import torch  # here: the parent imports torch only once the workers are done
 
-    from pruning.precision import device_name
+    from scripts.runner.machine import device_name
 
     return device_name(torch.device("cpu"))
 

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from pruning.arguments import ArgumentParser, input_folder, output_folder  # noqa: E402
+from scripts.runner.arguments import ArgumentParser, input_folder, output_folder  # noqa: E402
 
 MARKERS = "osD^v<>ph*"
 #: The default output folder: under the git-ignored runs/, so a report never dirties the tree.

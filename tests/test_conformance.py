@@ -33,7 +33,7 @@ from pruning.flops import macs_and_params
 from pruning.masks import Masks
 from pruning.precision import exact_float32
 from pruning.selection import SelectionSettings, select_unit
-from pruning.slim import float64_logits, slim_verification
+from pruning.verify import float64_logits, slim_verification
 from pruning.stop import MatchKept
 from pruning.units import check_units, spaces_of
 from tests.conformance_support import (

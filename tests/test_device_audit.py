@@ -13,15 +13,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-import finetune_cli
+from scripts.runner import finetune_cli
 import models
-import prune_cli
+from scripts.runner import prune_cli
 from models import splitter
 from pruning.baselines import backward_elimination
-from pruning.runlog import RunLog
+from scripts.runner.runlog import RunLog
 from pruning.evaluators import PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator, PrefixCachedEvaluator
-from pruning.grda import gRDA, grda_param_groups
+from scripts.runner.grda import gRDA, grda_param_groups
 from pruning.masks import Masks
 from pruning.metrics import SubsetMeasure
 from pruning.selection import SelectionSettings, greedy_forward_selection

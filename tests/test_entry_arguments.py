@@ -1,6 +1,6 @@
 """Every entry point checks its input as the prune and fine-tune scripts do (tracker issue 22,
 items 5-7): before any work and under ``--dry-run``, with one line naming the argument or the file
-and exit status 2, never a traceback. The checks are ``pruning.arguments``'; each case below was
+and exit status 2, never a traceback. The checks are ``runner.arguments``'; each case below was
 accepted, or ended in a traceback or an unclear message, before.
 
 Entry points are called in-process through their ``main``/``build``/``parse`` where they allow it;
@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-import finetune_cli
-import prune_cli
+from scripts.runner import finetune_cli
+from scripts.runner import prune_cli
 from data.mnist import write_idx
-from pruning import arguments, distributed
-from pruning.command import run_command
+from scripts.runner import arguments, distributed
+from scripts.runner.command import run_command
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import prune_cli
+from scripts.runner import prune_cli
 from pruning.checkpoint import load
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,11 +22,11 @@ import torch
 from torch import nn
 
 import data
-import finetune_cli as ft
+from scripts.runner import finetune_cli as ft
 import models
 from models.weights import load_pretrained
 from pruning.checkpoint import Checkpoint, load, save, save_atomic, selection_cfg
-from pruning.arguments import plain
+from scripts.runner.arguments import plain
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
 
@@ -345,7 +345,7 @@ WORKER = textwrap.dedent("""
     import os, sys
     import torch
     import torchvision_compat  # noqa: F401
-    import finetune_cli
+    from scripts.runner import finetune_cli
 
     captured = {}
     evaluate = finetune_cli.evaluate

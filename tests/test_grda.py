@@ -1,4 +1,4 @@
-"""Tests for pruning/grda.py: closed form, SGD equivalence, thresholding, groups, report, state."""
+"""Tests for runner/grda.py: closed form, SGD equivalence, thresholding, groups, report, state."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from pruning.grda import gRDA, grda_param_groups, grda_threshold, soft_threshold, sparsity_report
+from scripts.runner.grda import (
+    gRDA,
+    grda_param_groups,
+    grda_threshold,
+    soft_threshold,
+    sparsity_report,
+)
 
 
 def _net(dtype: torch.dtype = torch.float64) -> nn.Module:

@@ -5,12 +5,12 @@ checkpoint that rebuilds them), and the layout recorded and checked by the scrip
 import pytest
 import torch
 
-import finetune_cli
+from scripts.runner import finetune_cli
 import models
-import prune_cli
+from scripts.runner import prune_cli
 from models import splitter
 from pruning.checkpoint import Checkpoint, read, save, selection_cfg
-from pruning.distributed import World
+from scripts.runner.distributed import World
 from pruning.evaluators import PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator
 from pruning.flops import macs_and_params

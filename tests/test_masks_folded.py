@@ -100,7 +100,7 @@ def test_a_step_inside_folded_is_the_slim_networks_step_and_outside_it_is_not():
 def test_the_short_finetune_leaves_batchnorm_statistics_and_the_multipliers_alone():
     """Train-mode BatchNorm would normalize a one-channel unit by that channel's batch
     statistics and pull the running statistics toward them."""
-    import prune_cli
+    from scripts.runner import prune_cli
 
     model, masks, _ = masked_and_slim("hidden")
     statistics = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}

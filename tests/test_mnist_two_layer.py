@@ -1,4 +1,4 @@
-"""Tests of data/mnist.py, pruning/two_layer/mnist.py and scripts/mnist_two_layer.py (Wolfe et
+"""Tests of data/mnist.py, scripts/two_layer/mnist.py and scripts/mnist_two_layer.py (Wolfe et
 al. 2023, Figure 1): the IDX reader on files written here, the vectorised greedy BCE step against
 brute force, the dense network as the selection of every neuron once, and the `--quick` run end
 to end on a few hundred synthetic 28 x 28 images (no MNIST is available on these machines)."""
@@ -14,7 +14,7 @@ import torch
 
 from data import DataError, load_mnist
 from data.mnist import read_idx, write_idx
-from pruning.two_layer import mnist as M
+from scripts.two_layer import mnist as M
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 import mnist_two_layer as cli  # noqa: E402

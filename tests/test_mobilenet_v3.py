@@ -135,7 +135,7 @@ import torchvision_compat  # noqa: F401
 import models
 from models import mobilenet_v3
 from models.registry import Architecture, register
-import prune_cli
+from scripts.runner import prune_cli
 
 
 def units(model, kind):

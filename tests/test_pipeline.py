@@ -1,5 +1,5 @@
 """``make pipeline`` (scripts/pipeline.py) at tiny size, and the latency record of every prune run
-(pruning/latency.py)."""
+(scripts/runner/latency.py)."""
 
 import json
 import subprocess
@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-import prune_cli
-from pruning.latency import measure_latency
-from pruning.training import scratch_epochs
+from scripts.runner import prune_cli
+from scripts.runner.latency import measure_latency
+from scripts.runner.training import scratch_epochs
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))

@@ -5,9 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-import prune_cli
-from pruning.precision import exact, exact_float32, runtime_record, set_tf32
-from pruning.slim import float64_logits, slim_verification
+from scripts.runner import prune_cli
+from pruning.precision import exact, exact_float32, set_tf32
+from scripts.runner.machine import runtime_record
+from pruning.verify import float64_logits, slim_verification
 
 
 def flags() -> tuple[bool, bool]:

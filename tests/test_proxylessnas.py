@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import models
-import prune_cli
+from scripts.runner import prune_cli
 from models import proxylessnas, splitter
 from models import weights as W
 from pruning.checkpoint import Checkpoint, read, save, selection_cfg

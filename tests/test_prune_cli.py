@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import models
-import prune_cli
+from scripts.runner import prune_cli
 from pruning.checkpoint import load
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ import time
 import pytest
 import torch
 
-import finetune_cli
+from scripts.runner import finetune_cli
 import models
-import prune_cli
+from scripts.runner import prune_cli
 from pruning.checkpoint import load, save_atomic
 from pruning.masks import Masks
 from pruning.selection import SelectionSettings, select_unit
@@ -219,7 +219,7 @@ def test_ctrl_c_prints_one_line_and_leaves_no_temporary_file(tmp_path):
             process.send_signal(signal.SIGINT)
             break
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130  # pruning.command: both script families
+    assert process.returncode == 130  # scripts.runner.command: both script families
     assert "Traceback" not in stderr and "continue with the same command and --resume" in stderr
     assert not list(out.glob(".*tmp*"))
     assert (out / prune_cli.STATE_FILE).exists()

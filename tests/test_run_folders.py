@@ -1,4 +1,4 @@
-"""A run folder belongs to one run, and nothing a user made is lost (pruning/rundir.py).
+"""A run folder belongs to one run, and nothing a user made is lost (scripts/runner/rundir.py).
 
 Each test runs a case of issue 22 as a user would (the scripts' ``main``, in this process to stay
 fast, or a real process where a second one is the point), and checks the refusal (its exit
@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import finetune_cli
+from scripts.runner import finetune_cli
 import models
-import prune_cli
-from pruning import distributed
+from scripts.runner import prune_cli
+from scripts.runner import distributed
 from pruning.checkpoint import read
-from pruning.rundir import ASIDE, LOCK
+from scripts.runner.rundir import ASIDE, LOCK
 from tests.test_prune_cli import ROOT, TINY
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -424,7 +424,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, sys.argv[1])
-import prune_cli
+from scripts.runner import prune_cli
 from tests.test_run_folders import fill
 
 disk = Path(sys.argv[2])

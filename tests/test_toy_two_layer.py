@@ -1,4 +1,4 @@
-"""Tests of toy_two_layer.py and pruning.two_layer: the vectorized selection against brute
+"""Tests of toy_two_layer.py and scripts.two_layer: the vectorized selection against brute
 force, the distributed selection (Wolfe et al., Algorithm 3) against the central one with real
 gloo processes, the Lemma 1 bound, and the issue's thresholds on the rates of a `--quick` run."""
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import toy_two_layer as toy
-from pruning.two_layer import distributed, experiments, theory
+from scripts.two_layer import distributed, experiments, theory
 
 F64 = torch.float64
 

@@ -54,8 +54,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pruning.arguments import UsageError
-from pruning.distributed import say
+from scripts.runner.arguments import UsageError
+from scripts.runner.distributed import say
 
 RECORD = "run.json"
 LOCK = ".lock"

@@ -24,10 +24,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 import data
-from pruning import distributed
-from pruning.arguments import UsageError
-from pruning.grda import gRDA, grda_param_groups
-from pruning.runlog import RunLog
+from scripts.runner import distributed
+from scripts.runner.arguments import UsageError
+from scripts.runner.grda import gRDA, grda_param_groups
+from scripts.runner.runlog import RunLog
 
 #: The stream of ``data.seeding.mix_seed`` that seeds each rank's main-process generators.
 RANK_STREAM = 0x7A11

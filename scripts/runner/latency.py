@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning.precision import device_name, tf32_in_effect
+from scripts.runner.machine import device_name, tf32_in_effect
 
 
 def _synchronize(device: torch.device) -> None:

@@ -50,26 +50,41 @@ import data
 import models
 from data.seeding import seed_everything
 from models.weights import PretrainedDownloadError, flagged, load_pretrained
-from pruning import distributed
-from pruning.arguments import (ArgumentParser, HelpFormatter, UsageError, add_shared_arguments,
-                               check_images, check_same_run, check_shared, finite_float, plain,
-                               require_at_least)
 from pruning.baselines import FIXED_SIZE_METHODS
 from pruning.checkpoint import Checkpoint, CheckpointError, read, save, selection_cfg
-from pruning.command import run_command
 from pruning.distributed_select import ShardedMeasure, sync_model
 from pruning.flops import macs_and_params
-from pruning.latency import measure_latency
 from pruning.masks import Masks
 from pruning.metrics import SubsetMeasure, loss_and_top1
-from pruning.precision import CANDIDATE_PRECISIONS, runtime_record
+from pruning.precision import CANDIDATE_PRECISIONS
 from pruning.prune import PruneConfig, PruneResult, build_stop, prune
-from pruning.rundir import RunDir
-from pruning.runlog import RunLog
 from pruning.selection import BatchStream, SelectionSettings, unit_seed
-from pruning.stop import (MaxFraction, StopRule, Top1Tolerance, require_finite,
-                          require_finite_parameters)
+from pruning.stop import (
+    MaxFraction,
+    StopRule,
+    Top1Tolerance,
+    require_finite,
+    require_finite_parameters,
+)
 from pruning.units import Unit
+from scripts.runner import distributed
+from scripts.runner.arguments import (
+    ArgumentParser,
+    HelpFormatter,
+    UsageError,
+    add_shared_arguments,
+    check_images,
+    check_same_run,
+    check_shared,
+    finite_float,
+    plain,
+    require_at_least,
+)
+from scripts.runner.command import run_command
+from scripts.runner.latency import measure_latency
+from scripts.runner.machine import runtime_record
+from scripts.runner.rundir import RunDir
+from scripts.runner.runlog import RunLog
 
 STATE_FILE = "selection_state.pth"
 #: Each ``PruneConfig`` field and the flag (its dest) it is parsed from; --match-kept is a path,
@@ -303,7 +318,7 @@ def parse(arch: str, argv: list[str] | None) -> argparse.Namespace:
 
 
 def run_dir(args: argparse.Namespace) -> RunDir:
-    """The run folder of a prune run (``pruning.rundir``: its files, the lock, --overwrite)."""
+    """The run folder of a prune run (``runner.rundir``: its files, the lock, --overwrite)."""
     return RunDir(Path(args.output_dir), "prune", args.arch)
 
 
@@ -543,7 +558,7 @@ def summarize(job: Job, counts: dict, network: nn.Module, kept: dict, verificati
 
 def report(job: Job, progress: SelectionProgress, result: PruneResult) -> dict:
     """Measure the slim network and write pruned.pth, masked.pth and summary.json. A slim
-    network that is not the masked one ended the run in ``prune`` (``pruning.slim.SlimMismatch``,
+    network that is not the masked one ended the run in ``prune`` (``pruning.verify.SlimMismatch``,
     exit status 1) before anything was written: the selection stays in the state file."""
     counts, network, kept = result.counts, result.model, result.kept
     weights, verification, full_width = result.masks, result.verification, result.full_width

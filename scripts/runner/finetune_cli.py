@@ -32,12 +32,12 @@ Files in ``--output-dir`` (checkpoints of kind ``training``, ``pruning.checkpoin
     tb/                   TensorBoard: train loss and learning rate, val top-1/top-5/loss
 
 The training machinery (``train_one_epoch``, ``evaluate``, loaders, optimizer, schedule, random
-state) is ``pruning.training``; a resumed run repeats the uninterrupted one exactly.
+state) is ``scripts.runner.training``; a resumed run repeats the uninterrupted one exactly.
 """
 
 # Why this module is longer than 400 lines: every flag of the fine-tune scripts with its help text
 # (about 90 lines), their checks, and the run read top to bottom (prepare, restore, the epoch loop
-# with its one checkpoint block, finish); the training steps themselves are pruning.training.
+# with its one checkpoint block, finish); the training steps themselves are scripts.runner.training.
 
 from __future__ import annotations
 
@@ -57,21 +57,42 @@ import data
 import models
 from data.seeding import mix_seed, seed_everything
 from models.weights import PretrainedDownloadError, flagged, load_pretrained
-from pruning import distributed
-from pruning.arguments import (ArgumentParser, HelpFormatter, UsageError, add_shared_arguments,
-                               check_images, check_same_run, check_shared, finite_float, flag,
-                               plain, require_at_least, require_batchnorm_batch)
 from pruning.checkpoint import Checkpoint, CheckpointError, read, save, write_atomic
-from pruning.command import run_command
 from pruning.flops import macs_and_params
-from pruning.grda import sparsity_report
-from pruning.precision import device_name, runtime_record, set_tf32, tf32_in_effect
-from pruning.rundir import KINDS, RunDir
-from pruning.runlog import RunLog
+from pruning.precision import set_tf32
 from pruning.stop import require_finite, require_finite_parameters
-from pruning.training import (RANK_STREAM, evaluate, make_optimizer, make_scheduler, rng_state,
-                              scratch_epochs, set_rng_state, train_loader, train_one_epoch,
-                              val_loader)
+from scripts.runner import distributed
+from scripts.runner.arguments import (
+    ArgumentParser,
+    HelpFormatter,
+    UsageError,
+    add_shared_arguments,
+    check_images,
+    check_same_run,
+    check_shared,
+    finite_float,
+    flag,
+    plain,
+    require_at_least,
+    require_batchnorm_batch,
+)
+from scripts.runner.command import run_command
+from scripts.runner.grda import sparsity_report
+from scripts.runner.machine import device_name, runtime_record, tf32_in_effect
+from scripts.runner.rundir import KINDS, RunDir
+from scripts.runner.runlog import RunLog
+from scripts.runner.training import (
+    RANK_STREAM,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    rng_state,
+    scratch_epochs,
+    set_rng_state,
+    train_loader,
+    train_one_epoch,
+    val_loader,
+)
 
 __all__ = ["UsageError", "build_parser", "check_args", "evaluate", "main", "make_scheduler",
            "prepare", "run", "scratch_epochs", "train_one_epoch"]
@@ -89,7 +110,7 @@ RUN_ARGS = (
     "epochs", "batch_size", "lr", "lr_schedule", "optimizer", "momentum", "weight_decay",
     "nesterov", "grda_c", "grda_mu", "label_smoothing", "amp", "seed",
 )
-TRAINING_FILES = KINDS["fine-tune"].files  # what a run writes: pruning.rundir
+TRAINING_FILES = KINDS["fine-tune"].files  # what a run writes: scripts.runner.rundir
 
 
 # ----------------------------------------------------------------------------------------------
@@ -353,13 +374,13 @@ def load_data(args: argparse.Namespace, world: distributed.World,
 
 
 def run_folder(args: argparse.Namespace) -> RunDir:
-    """The run folder (``pruning.rundir``): a fine-tune run's, or an evaluation's."""
+    """The run folder (``scripts.runner.rundir``): a fine-tune run's, or an evaluation's."""
     return RunDir(Path(args.output_dir), "evaluate" if args.evaluate_only else "fine-tune",
                   args.arch)
 
 
 def start_run(args: argparse.Namespace, folder: RunDir | None = None) -> Checkpoint | None:
-    """The run-folder policy (``pruning.rundir``), applied by rank 0 (the lock, the folder's
+    """The run-folder policy (``scripts.runner.rundir``), applied by rank 0 (the lock, the folder's
     kind, resume or refuse): last.pth to resume from, or None."""
     folder = folder or run_folder(args)
     path = distributed.on_main(lambda: folder.claim(args.resume and not args.evaluate_only,
@@ -656,7 +677,7 @@ def run(arch: str, argv: list[str] | None = None) -> dict[str, Any]:
 
 
 def main(arch: str) -> None:
-    """Entry point of the thin scripts (exit statuses: ``pruning.command``)."""
+    """Entry point of the thin scripts (exit statuses: ``scripts.runner.command``)."""
     run_command(lambda: run(arch), bad_input=(PretrainedDownloadError,),
                 on_nonfinite="nothing of that epoch was saved (last.pth, if any, holds the last "
                              "good one); try a smaller --lr, or another --amp",

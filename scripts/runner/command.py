@@ -16,11 +16,11 @@ from collections.abc import Callable
 from typing import Any
 
 from data import DataError
-from pruning import distributed
 from pruning.checkpoint import WriteError
-from pruning.rundir import Finished
-from pruning.slim import SlimMismatch
 from pruning.stop import NonFiniteLoss
+from pruning.verify import SlimMismatch
+from scripts.runner import distributed
+from scripts.runner.rundir import Finished
 
 
 def run_command(run: Callable[[], Any], *, on_nonfinite: str, on_interrupt: str,

@@ -18,7 +18,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from pruning.two_layer.theory import SELECT_DTYPE, greedy_scores, loss
+from scripts.two_layer.theory import SELECT_DTYPE, greedy_scores, loss
 
 
 def partition(N: int, workers: int) -> list[tuple[int, int]]:

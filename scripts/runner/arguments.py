@@ -3,7 +3,7 @@
 Both script families (``*_prune.py``, ``*_finetune.py``) read a dataset, write one run folder and
 run on one device; those flags, their defaults and their checks live here so that they cannot
 drift apart. Every check runs before any long work and fails with a ``UsageError`` naming the
-argument; the scripts print it and exit with status 2 (``pruning.command``).
+argument; the scripts print it and exit with status 2 (``scripts.runner.command``).
 
 The other entry points (the table launchers, ``report.py``, ``pipeline.py``, ``bench_select.py``,
 ``gpu_check.py``, the two-layer experiments) take their argument types from here too: seeds in
@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pruning import distributed
+from scripts.runner import distributed
 
 
 class UsageError(ValueError):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from pruning.two_layer.settings import Settings
+from scripts.two_layer.settings import Settings
 
 STYLE = {
     "greedy": ("tab:red", "greedy forward selection"),

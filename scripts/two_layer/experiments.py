@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pruning.two_layer.distributed import run_distributed_greedy
-from pruning.two_layer.plots import plot_forward_backward, plot_pretraining, plot_rates
-from pruning.two_layer.settings import Settings
-from pruning.two_layer.theory import (
+from scripts.two_layer.distributed import run_distributed_greedy
+from scripts.two_layer.plots import plot_forward_backward, plot_pretraining, plot_rates
+from scripts.two_layer.settings import Settings
+from scripts.two_layer.theory import (
     SELECT_DTYPE,
     init_neurons,
     lemma1_bound,
@@ -38,7 +38,6 @@ from pruning.two_layer.theory import (
     two_layer_backward_elimination,
     two_layer_greedy_selection,
 )
-
 
 CURVES = ("greedy", "greedy_untrained", "random", "gd", "gd_long", "backward")
 """The loss curves of a rate experiment, in the order of the JSON's `losses`."""
