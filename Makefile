@@ -16,9 +16,9 @@ test: $(STAMP)
 	$(PY) -m pytest -q
 	$(PY) scripts/gpu_check.py --device cpu
 
-# The unit tier alone (tests/conftest.py: no e2e or families marker), for feedback while editing.
+# The unit tier alone (tests/unit), for feedback while editing.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not e2e and not families"
+	$(PY) -m pytest -q tests/unit
 
 # Writes to runs/demo (git-ignored); fig/ holds the committed copies, made by hand with
 # `$(PY) toy_two_layer.py --out fig`.

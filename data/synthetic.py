@@ -48,7 +48,7 @@ class SyntheticPatterns(Dataset):
     classes, a two-conv net (16 and 32 channels) reaches 0.90-0.94 val accuracy in 300 steps of
     batch 32 (data and model seeds 0-3) and 0.994 after 3000 steps of batch 64 on 5000 images,
     and keeping one channel in four of its second layer drops it to 0.36-0.55: learnable, and
-    pruning hurts (see tests/test_data_synthetic.py); 0 gives clean, easy images. The default
+    pruning hurts (see tests/unit/test_data_synthetic.py); 0 gives clean, easy images. The default
     was 1.5 until ``scripts/pipeline.py`` needed MobileNetV2 and ResNet34 trained to 90%
     held-out top-1 in a few CPU minutes: with 1.5 (and no flips), ResNet34 (ImageNet layout,
     32 px, 2000 images) reached 80% in 8 epochs; with 1.25, 98.6%.

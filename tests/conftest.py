@@ -17,33 +17,22 @@ import torchvision_compat  # noqa: E402, F401
 torch.set_num_threads(1)
 
 
-# The suite's tiers, by file. ``make test`` (and CI) runs all of them; ``make test-fast`` runs
-# only the unmarked unit tests (well under a minute on 2 cores), for feedback while editing the
-# engine. ``e2e``: the command-line runs, launchers, pipeline, benchmarks, GPU check and
-# torchrun. ``families``: whole networks of every registered family, at several sizes (the
-# conformance suite and each family's own checks).
-E2E = {
-    "test_bench_select.py", "test_bench_units.py", "test_device_audit.py",
-    "test_entry_arguments.py", "test_fast_cli.py", "test_fast_distributed.py",
-    "test_finetune.py", "test_gpu_check.py", "test_launchers.py", "test_mnist_two_layer.py",
-    "test_pipeline.py", "test_prune_cli.py", "test_readme_commands.py", "test_reliability.py",
-    "test_run_folders.py", "test_toy_two_layer.py",
-}
-FAMILIES = {
-    "test_conformance.py", "test_layouts.py", "test_mobilenet_v3.py", "test_proxylessnas.py",
-    "test_prune_custom_model.py",
-}
+# The suite's tiers are its folders. ``make test`` (and CI) runs all of them; ``make test-fast``
+# runs ``tests/unit`` alone (well under a minute on 2 cores), for feedback while editing the engine.
+# ``tests/e2e``: the command-line runs, launchers, pipeline, benchmarks, GPU check and torchrun.
+# ``tests/families``: whole networks of every registered family, at several sizes (the
+# conformance suite and each family's own checks). ``tests/support`` holds the helpers, which
+# are not collected. Each tier is also a marker, so ``-m "not e2e"`` works as well.
+TIERS = ("e2e", "families")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "e2e: command-line runs (make test only)")
-    config.addinivalue_line("markers", "families: whole networks of every family (make test only)")
+    config.addinivalue_line("markers", "e2e: command-line runs (tests/e2e)")
+    config.addinivalue_line("markers", "families: whole networks of every family (tests/families)")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        name = item.path.name
-        if name in E2E:
-            item.add_marker("e2e")
-        elif name in FAMILIES:
-            item.add_marker("families")
+        tier = item.path.parent.name
+        if tier in TIERS:
+            item.add_marker(tier)

@@ -1,4 +1,4 @@
-"""Helpers of the conformance suite (``tests/test_conformance.py``); not collected as tests.
+"""Helpers of the conformance suite (``test_conformance.py``); not collected as tests.
 
 Everything here is generic over the registry: a family is known only through its
 ``Architecture`` (``models.get``) and the engine's contract (``pruning.units``). No family name

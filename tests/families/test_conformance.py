@@ -36,7 +36,7 @@ from pruning.selection import SelectionSettings, select_unit
 from pruning.verify import float64_logits, slim_verification
 from pruning.stop import MatchKept
 from pruning.units import check_units, spaces_of
-from tests.conformance_support import (
+from tests.support.conformance import (
     NUM_CLASSES, Batches, batch, gates, image_size, images, in_channels, kind_cases, layout_cases,
     logits_from_parts, make_model, max_abs, out_channels, probe_units, producer, random_counts,
     randomised_model, require_split, select_all, smallest_width, ungated,

@@ -12,7 +12,7 @@ import models
 from scripts.runner import prune_cli
 from pruning.checkpoint import load
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--dataset", "synthetic", "--synthetic-images", "160", "--eval-images", "40",
         "--batch-size", "16", "--eval-batch-size", "40", "--workers", "0", "--no-progress",
         "--candidates", "3", "--device", "cpu"]

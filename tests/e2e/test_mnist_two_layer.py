@@ -16,7 +16,7 @@ from data import DataError, load_mnist
 from data.mnist import read_idx, write_idx
 from scripts.two_layer import mnist as M
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 import mnist_two_layer as cli  # noqa: E402
 
 F64 = torch.float64

@@ -1,5 +1,5 @@
 """Every per-step and per-batch path keeps its tensors on the data's device and reads the host
-once per call, checked on the CPU by running it on the meta device (``tests/device_audit.py``).
+once per call, checked on the CPU by running it on the meta device (``support/device_audit.py``).
 
 The first GPU run crashed in ``finetune_cli.evaluate`` because a count tensor was created on the
 CPU; ``test_evaluate_stays_on_the_device_and_reads_the_host_once`` fails on that code.
@@ -27,7 +27,7 @@ from pruning.metrics import SubsetMeasure
 from pruning.selection import SelectionSettings, greedy_forward_selection
 from pruning.shortlist import ShortlistEvaluator
 from pruning.stop import LossGap, MaxFraction
-from tests.device_audit import META, DeviceAudit, MixedDevices
+from tests.support.device_audit import META, DeviceAudit, MixedDevices
 
 PIXELS = 16
 

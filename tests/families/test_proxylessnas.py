@@ -15,7 +15,7 @@ from pruning.evaluators import PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator, PrefixCachedEvaluator
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
-from tests.test_fast_evaluators import RTOL, batch, select_some
+from tests.unit.test_fast_evaluators import RTOL, batch, select_some
 
 ARCH = "proxylessnas_mobile"
 

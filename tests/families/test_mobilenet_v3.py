@@ -20,7 +20,7 @@ from pruning.fast_evaluators import FastEvaluator
 from pruning.flops import macs_and_params
 from pruning.masks import Masks, mixing_weights
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARCH = "mobilenet_v3_small"
 HIDDEN = [16, 72, 88, 96, 240, 240, 120, 144, 288, 576, 576]
 GATED = [True, False, False] + [True] * 8

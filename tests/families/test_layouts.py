@@ -17,7 +17,7 @@ from pruning.flops import macs_and_params
 from pruning.masks import Masks
 from pruning.selection import SelectionSettings
 from pruning.slim import slim_model
-from tests.test_fast_evaluators import (RTOL, assert_same_selection, batch, make_model,
+from tests.unit.test_fast_evaluators import (RTOL, assert_same_selection, batch, make_model,
                                         run_selection, select_some)
 
 CIFAR = [("mobilenet_v2", "hidden+outputs"), ("resnet34", "inner")]

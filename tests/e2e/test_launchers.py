@@ -19,7 +19,7 @@ import pytest
 
 from scripts import launch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_script(name: str, *argv: str) -> subprocess.CompletedProcess:

@@ -24,7 +24,7 @@ from scripts.runner import prune_cli
 from scripts.runner import distributed
 from pruning.checkpoint import read
 from scripts.runner.rundir import ASIDE, LOCK
-from tests.test_prune_cli import ROOT, TINY
+from tests.e2e.test_prune_cli import ROOT, TINY
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -425,7 +425,7 @@ from pathlib import Path
 
 sys.path.insert(0, sys.argv[1])
 from scripts.runner import prune_cli
-from tests.test_run_folders import fill
+from tests.e2e.test_run_folders import fill
 
 disk = Path(sys.argv[2])
 real = prune_cli.save

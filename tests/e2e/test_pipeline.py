@@ -15,7 +15,7 @@ from scripts.runner import prune_cli
 from scripts.runner.latency import measure_latency
 from scripts.runner.training import scratch_epochs
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import pipeline  # noqa: E402

@@ -13,7 +13,7 @@ from pathlib import Path
 from scripts.runner import prune_cli
 from pruning.checkpoint import load
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--dataset", "synthetic", "--synthetic-images", "160", "--eval-images", "20",
         "--batch-size", "8", "--eval-batch-size", "20", "--workers", "0", "--no-progress",
         "--candidates", "2", "--device", "cpu", "--image-size", "16", "--stop", "fraction",

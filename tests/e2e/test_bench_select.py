@@ -24,10 +24,10 @@ from pruning.masks import Masks
 from pruning.selection import BatchStream, SelectionSettings, greedy_forward_selection
 from pruning.shortlist import ShortlistEvaluator
 from pruning.stop import MaxFraction
-from tests.device_audit import META, DeviceAudit
-from tests.test_fast_evaluators import Batches, batch, make_model
+from tests.support.device_audit import META, DeviceAudit
+from tests.unit.test_fast_evaluators import Batches, batch, make_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--device", "cpu", "--quick"]
 UNITS = {"mobilenet_v2": ("features.2.hidden", "features.9.hidden", "features.17.hidden"),
          "resnet34": ("layer1.0.inner", "layer3.0.inner", "layer4.2.inner")}

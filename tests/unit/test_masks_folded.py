@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import models
 from pruning.masks import Masks
 from pruning.slim import slim_model
-from tests.test_engine import tiny_net, tiny_units
+from tests.unit.test_engine import tiny_net, tiny_units
 
 ARCH = "mobilenet_v2"
 
@@ -46,7 +46,7 @@ def sgd_step(model, x, y, lr=2.0):
 
 
 def tiny_masked_and_slim():
-    """A conv-BN-conv-BN-linear network with two input-side units (``tests/test_engine``)."""
+    """A conv-BN-conv-BN-linear network with two input-side units (``test_engine.py``)."""
     model = tiny_net()
     clean = copy.deepcopy(model)
     units = tiny_units()

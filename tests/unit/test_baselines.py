@@ -19,7 +19,7 @@ from pruning.selection import SelectionSettings, greedy_forward_selection, unit_
 from pruning.shortlist import ShortlistEvaluator
 from pruning.stop import LossGap, MatchKept, MaxFraction, StopRule
 from pruning.units import ChannelSpace, Unit
-from tests.test_engine import Recorder, brute_force_loss, tiny_net, tiny_units
+from tests.unit.test_engine import Recorder, brute_force_loss, tiny_net, tiny_units
 
 
 def test_backward_elimination_removes_the_brute_force_argmin_each_step():

@@ -24,7 +24,7 @@ from data.mnist import write_idx
 from scripts.runner import arguments, distributed
 from scripts.runner.command import run_command
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_select  # noqa: E402

@@ -30,7 +30,7 @@ from scripts.runner.arguments import plain
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ARCH = "mobilenet_v2"
 COMMON = [
     "--dataset", "synthetic", "--synthetic-images", "96", "--synthetic-val-images", "48",

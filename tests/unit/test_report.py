@@ -16,7 +16,7 @@ import pytest
 
 from scripts import report
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def write(path: Path, summary: dict) -> Path:

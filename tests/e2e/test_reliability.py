@@ -20,8 +20,8 @@ from pruning.checkpoint import load, save_atomic
 from pruning.masks import Masks
 from pruning.selection import SelectionSettings, select_unit
 from pruning.stop import MaxFraction, NonFiniteLoss
-from tests.test_engine import tiny_net, tiny_units
-from tests.test_prune_cli import ROOT, tiny
+from tests.unit.test_engine import tiny_net, tiny_units
+from tests.e2e.test_prune_cli import ROOT, tiny
 
 FINETUNE = ["--dataset", "synthetic", "--synthetic-images", "64", "--synthetic-val-images", "32",
             "--image-size", "16", "--batch-size", "16", "--epochs", "1", "--workers", "0",
