@@ -5,8 +5,8 @@
     torchrun --nproc_per_node=4 mobile2_finetune.py ...   # same options, global --batch-size
 
 Defaults are the paper's recipe (Section 4.1): SGD, Nesterov momentum 0.9, weight decay 5e-5,
-cosine learning rate from 0.01, 150 epochs, global batch 512. See finetune_cli.py for every
-option and the checkpoint format, README.md for the commands behind the paper's tables.
+cosine learning rate from 0.01, 150 epochs, global batch 512. See scripts/runner/finetune_cli.py
+for every option and the checkpoint format, README.md for the commands behind the paper's tables.
 """
 
 import torchvision_compat  # noqa: F401

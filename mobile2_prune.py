@@ -3,8 +3,9 @@
     python mobile2_prune.py --dataset imagenet --data-path /data/imagenet --pretrained ... \
         --epsilon 0.05 --output-dir runs/mobile2_eps0.05
 
-Writes pruned.pth (slim weights + cfg) and summary.json to --output-dir; see prune_cli.py for
-every option and README.md for the settings behind the paper's tables.
+Writes pruned.pth (slim weights + cfg) and summary.json to --output-dir; see
+scripts/runner/prune_cli.py for every option and README.md for the settings behind the paper's
+tables.
 """
 
 import torchvision_compat  # noqa: F401

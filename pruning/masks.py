@@ -101,7 +101,7 @@ class Masks:
         weights that read channel j by w_j, so an SGD step moves their contribution w_j^2 times
         as far as the same step on the slim network, where w_j is folded into those weights
         (w_j = 96 for one kept channel of 96): with train-mode BatchNorm, one of the two causes
-        of short fine-tunes between units wrecking the network (``prune_cli.short_finetune``).
+        of short fine-tunes between units wrecking the network (``--finetune-between``).
         Inside the block the multipliers are folded into each unit's site
         (``pruning.slim.fold``) and the masks only keep or drop channels (1 or 0); on exit they
         are divided out again and the masks restored. Dropped channels are left untouched.

@@ -11,7 +11,7 @@ the fixed-size baselines of ``pruning.baselines``), and slims the network with
 ``pruning.verify.verify_slim``, which raises ``SlimMismatch`` when the slim network is not the
 masked one. What a command line adds (progress bars, checkpoints after every unit, resume, a
 short fine-tune between units, a torchrun partition) comes in through keyword arguments; nothing
-here parses arguments or writes files (``prune_cli.py`` does both over this module).
+here parses arguments or writes files (``scripts/runner/prune_cli.py`` does both over this module).
 """
 
 from collections.abc import Callable, Iterator, Mapping
