@@ -36,6 +36,14 @@ def _comm_device() -> torch.device:
     return torch.device("cpu")
 
 
+def candidate_share(n: int, world: int, rank: int) -> tuple[int, int]:
+    """[start, stop) of rank ``rank``'s contiguous share of ``n`` candidates (Algorithm 3's
+    disjoint blocks): ceil(n / world) each in rank order, so the last ranks may get fewer or
+    none. In rank order, the first of the ranks' first minima is the first minimum overall."""
+    size = -(-n // world)  # ceil
+    return min(rank * size, n), min((rank + 1) * size, n)
+
+
 def _from_rank0(values: torch.Tensor) -> torch.Tensor:
     buffer = values.to(_comm_device(), torch.float64)
     dist.broadcast(buffer, src=0)
@@ -70,8 +78,9 @@ class CandidatePartition:
     def _partitioned(score: Callable[..., torch.Tensor], unit: Unit, counts: torch.Tensor,
                      candidates: torch.Tensor, batch: Batch) -> torch.Tensor:
         world, rank = dist.get_world_size(), dist.get_rank()
-        share = -(-len(candidates) // world)  # ceil
-        mine = candidates[rank * share:(rank + 1) * share]
+        share = -(-len(candidates) // world)  # ceil: every rank's gathered length
+        start, stop = candidate_share(len(candidates), world, rank)
+        mine = candidates[start:stop]
         local = torch.full((share,), float("inf"), dtype=torch.float64)
         if len(mine):
             local[:len(mine)] = score(unit, counts, mine, batch)

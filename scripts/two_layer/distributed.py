@@ -5,11 +5,15 @@ selection (Ye et al. 2020, eq. 2) moves only O(V + m) numbers, and they rely on 
 iterates of the central algorithm, which their Lemma 1 and Figure 1 are about. This module runs
 it with real processes (gloo over TCP on 127.0.0.1) so the experiments and tests can check that
 claim bit for bit against `theory.two_layer_greedy_selection`. It is kept apart from `theory`
-because only it needs torch.distributed and forked worker processes.
+because only it needs torch.distributed and forked worker processes. The neurons are split as
+the engine splits a step's candidates (`pruning.distributed_select.candidate_share`), but the
+communication is Algorithm 3's own: the engine's `CandidatePartition` all-gathers every
+candidate's loss (O(N) a step), where Algorithm 3 moves O(V + m), which is the point here.
 """
 
 from __future__ import annotations
 
+import math
 import socket
 from multiprocessing.queues import SimpleQueue
 
@@ -18,15 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from pruning.distributed_select import candidate_share
 from scripts.two_layer.theory import SELECT_DTYPE, greedy_scores, loss
-
-
-def partition(N: int, workers: int) -> list[tuple[int, int]]:
-    """Disjoint contiguous blocks [start, stop) covering [N], one per worker, in rank order
-    (the A^(j) of Algorithm 3). Contiguity in rank order lets a first-minimum over ranks break
-    ties towards the smallest global index, as the central argmin does."""
-    bounds = np.linspace(0, N, workers + 1).round().astype(int)
-    return [(int(bounds[j]), int(bounds[j + 1])) for j in range(workers)]
 
 
 def two_layer_distributed_greedy(
@@ -38,15 +35,19 @@ def two_layer_distributed_greedy(
     Step I: each worker finds its local best candidate and broadcasts its loss L^(i).
     Step II: the worker with the smallest loss broadcasts its iterate z_k. Step III: everyone
     sets u_k = z_k / k. Only O(V + m) numbers move per step, and z_k is bitwise the central z_k.
+    A worker without neurons (the last blocks of `candidate_share`) reports +inf: it never wins.
     """
     y = y.to(SELECT_DTYPE)
     V = dist.get_world_size()
     z = torch.zeros_like(y)
     selected, losses = [], np.empty(n)
     for k in range(1, n + 1):
-        scores = greedy_scores(z, k, Phi_local, y)
-        i = int(torch.argmin(scores))
-        local = torch.tensor([float(scores[i]), float(start + i)], dtype=SELECT_DTYPE)
+        i, best = 0, math.inf
+        if len(Phi_local):
+            scores = greedy_scores(z, k, Phi_local, y)
+            i = int(torch.argmin(scores))
+            best = float(scores[i])
+        local = torch.tensor([best, float(start + i)], dtype=SELECT_DTYPE)
         gathered = [torch.empty(2, dtype=SELECT_DTYPE) for _ in range(V)]
         dist.all_gather(gathered, local)
         table = torch.stack(gathered)
@@ -74,7 +75,7 @@ def _distributed_worker(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=V
     )
     try:
-        start, stop = partition(Phi.shape[0], V)[rank]
+        start, stop = candidate_share(Phi.shape[0], V, rank)
         selected, losses = two_layer_distributed_greedy(Phi[start:stop], start, y, n)
         if rank == 0:
             results.put((selected, losses.tolist()))

@@ -53,6 +53,9 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from data import DataError, class_balanced_subset
+from data.samplers import InfiniteBatchSampler
+from data.seeding import mix_seed
+from pruning.masks import mixing_weights
 
 
 @dataclass(frozen=True)
@@ -133,24 +136,22 @@ def bce_gradients(A: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Te
 
 
 def pretrain(A: torch.Tensor, b: torch.Tensor, X: torch.Tensor, y: torch.Tensor,
-             s: MnistSettings, gen: torch.Generator) -> Iterator[tuple[int, torch.Tensor,
-                                                                      torch.Tensor]]:
+             s: MnistSettings, seed: int) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
     """Gradient descent on the BCE for `s.iterations` steps of size lr / N; yields (t, A, b) at
-    t = 0, prune_every, 2 prune_every, ... Full batch when `s.batch_size` is 0, else mini-batches
-    of reshuffled epochs (the order drawn from `gen` on the CPU)."""
+    t = 0, prune_every, 2 prune_every, ... Full batch when `s.batch_size` is 0 (or covers X),
+    else mini-batches of reshuffled epochs, the engine's stream (`data.InfiniteBatchSampler`
+    with `seed`: each pass a new permutation, its incomplete tail dropped)."""
     A, b = A.clone(), b.clone()
     eta = s.lr / A.shape[0]
-    order, position = torch.empty(0, dtype=torch.long), 0
+    stream = (iter(InfiniteBatchSampler(len(X), s.batch_size, seed))
+              if s.batch_size and s.batch_size < len(X) else None)
     for t in range(s.iterations + 1):
         if t % s.prune_every == 0:
             yield t, A, b
         if t == s.iterations:
             return
-        if s.batch_size and s.batch_size < len(X):
-            if position + s.batch_size > len(order):
-                order, position = torch.randperm(len(X), generator=gen).to(X.device), 0
-            batch = order[position:position + s.batch_size]
-            position += s.batch_size
+        if stream is not None:
+            batch = torch.tensor(next(stream), device=X.device)
             gA, gb, _ = bce_gradients(A, b, X[batch], y[batch], s.chunk)
         else:
             gA, gb, _ = bce_gradients(A, b, X, y, s.chunk)
@@ -187,7 +188,10 @@ def greedy_bce_selection(Phi: torch.Tensor, y: torch.Tensor, n: int, chunk: int
                          ) -> tuple[torch.Tensor, list[float]]:
     """Greedy forward selection with replacement (Wolfe et al., eqs. 9-11; Ye et al., eq. 2):
     from S_0 = {}, n times add the neuron whose inclusion gives the smallest BCE. Returns the
-    selection counts (N,) and losses[k-1] = BCE of S_k. Ties go to the smallest index."""
+    selection counts (N,) and losses[k-1] = BCE of S_k. Ties go to the smallest index.
+    Not `pruning.prune`, which picks the same neurons (tests/families/test_two_layer_engine.py)
+    but reruns the network every step (the plain evaluator once per candidate); here a step is
+    one pass over the fixed Phi, which 200 steps over N = 20K neurons need."""
     y = y.to(Phi.dtype)
     z = torch.zeros_like(y)
     counts = torch.zeros(Phi.shape[0], dtype=torch.long, device=Phi.device)
@@ -204,10 +208,11 @@ def greedy_bce_selection(Phi: torch.Tensor, y: torch.Tensor, n: int, chunk: int
 def pruned_logits(A: torch.Tensor, b: torch.Tensor, counts: torch.Tensor, X: torch.Tensor
                   ) -> torch.Tensor:
     """The subnetwork's logits (N/|S|) sum_{i in S} b_i relu(a_i^T x) for the multiset given by
-    `counts`, computed from its distinct neurons only. counts = 1 everywhere gives the dense
+    `counts`, computed from its distinct neurons only, with the engine's mixing weights
+    N c_i / |S| (`pruning.masks.mixing_weights`, float32). counts = 1 everywhere gives the dense
     network's logits."""
     keep = torch.nonzero(counts).flatten()
-    weight = b[keep] * counts[keep].to(b.dtype) * (A.shape[0] / counts.sum().to(b.dtype))
+    weight = b[keep] * mixing_weights(counts)[keep].to(b.dtype)
     return torch.relu(X @ A[keep].T) @ weight
 
 
@@ -257,7 +262,8 @@ def run_grid(s: MnistSettings, images: np.ndarray, labels: np.ndarray, device: s
             for row, m in enumerate(s.sizes):
                 index = torch.tensor(subsets[trial, m], device=device)
                 X, y = X_all[index], y_all[index]
-                for col, (t, A, b) in enumerate(pretrain(A0, b0, X, y, s, gen)):
+                batches = mix_seed(seed, N, trial, m)  # seeds the mini-batch order, if any
+                for col, (t, A, b) in enumerate(pretrain(A0, b0, X, y, s, batches)):
                     bar.set_postfix_str(f"N={N} trial={trial} m={m} t={t}")
                     Phi = neuron_outputs(A, b, X, s.chunk)
                     counts, losses = greedy_bce_selection(Phi, y, s.pruned_size, s.chunk)

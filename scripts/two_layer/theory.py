@@ -10,7 +10,9 @@ subnetwork's output is the mean of the rows Phi_i of the neuron output matrix (t
 the polytope M_N of Wolfe et al. 2023), so every selection rule here works on Phi alone and
 scores all N candidates with one matrix-vector product. That keeps the rate experiments (256
 greedy steps over N = 10,000 neurons, N - 1 backward steps) within seconds on a CPU, and each
-function short enough to check against its equation in the papers.
+function short enough to check against its equation in the papers. The engine's loss is
+cross-entropy only, so it could not run this squared loss anyway; the binary cross-entropy
+selection of `mnist` is checked against it (tests/families/test_two_layer_engine.py).
 """
 
 from __future__ import annotations

@@ -168,6 +168,28 @@ def test_hand_gradients_equal_autograd():
     assert loss == pytest.approx(float(ref.detach()))
 
 
+def test_mini_batch_pretraining_follows_the_engines_batch_stream():
+    """With 0 < batch_size < m, step t is a gradient step on batch t of
+    ``data.InfiniteBatchSampler`` (reshuffled passes, tails dropped); otherwise full batch."""
+    from dataclasses import replace
+
+    from data.samplers import InfiniteBatchSampler
+
+    A, b, X, y = tiny_network(N=10, m=23)
+    s = replace(M.quick_mnist_settings(), iterations=7, prune_every=1, batch_size=5, lr=2.0)
+    snapshots = [(At.clone(), bt.clone()) for _, At, bt in M.pretrain(A, b, X, y, s, seed=3)]
+    sampler = InfiniteBatchSampler(23, 5, 3)
+    for t in range(7):  # 4 batches a pass: t = 4..6 are the second pass
+        (A0, b0), (A1, b1) = snapshots[t], snapshots[t + 1]
+        batch = sampler.batch(t)
+        gA, gb, _ = M.bce_gradients(A0, b0, X[batch], y[batch], chunk=1 << 20)
+        torch.testing.assert_close(A1, A0 - (2.0 / 10) * gA, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(b1, b0 - (2.0 / 10) * gb, rtol=1e-12, atol=1e-12)
+    full = [bt.clone() for _, _, bt in M.pretrain(A, b, X, y, replace(s, batch_size=0), 3)]
+    covering = [bt.clone() for _, _, bt in M.pretrain(A, b, X, y, replace(s, batch_size=23), 3)]
+    assert all(torch.equal(u, v) for u, v in zip(full, covering, strict=True))
+
+
 def test_red_line_is_the_first_iteration_reaching_the_largest_sizes_best():
     acc = np.array([[0.5, 0.9, 0.95, 0.9],  # reaches 0.9 at the second checkpoint
                     [0.5, 0.6, 0.7, 0.8],  # never

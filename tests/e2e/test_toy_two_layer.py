@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import toy_two_layer as toy
+from pruning.distributed_select import candidate_share
 from scripts.two_layer import distributed, experiments, theory
 
 F64 = torch.float64
@@ -123,12 +124,20 @@ def test_distributed_selection_gives_the_central_iterates():
         assert selected == central[0]
         assert np.array_equal(losses, central[1])
     assert min(first, duplicate) in central[0] and max(first, duplicate) not in central[0]
+    # 5 neurons on 4 workers: the engine's ceil split leaves the last worker without any
+    central = theory.two_layer_greedy_selection(Phi[:5], y, 8)
+    selected, losses = distributed.run_distributed_greedy(Phi[:5], y, 8, 4)
+    assert selected == central[0] and np.array_equal(losses, central[1])
 
 
-def test_partition_covers_all_neurons_disjointly():
-    blocks = distributed.partition(301, 3)
-    assert blocks[0][0] == 0 and blocks[-1][1] == 301
-    assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+def test_the_neurons_are_split_as_the_engine_splits_candidates():
+    """Algorithm 3's blocks are the engine's (``candidate_share``): contiguous, disjoint,
+    covering [N] in rank order, empty only at the end."""
+    for N, workers in ((301, 3), (5, 4), (1000, 2)):
+        blocks = [candidate_share(N, workers, rank) for rank in range(workers)]
+        assert blocks[0][0] == 0 and blocks[-1][1] == N
+        assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))
+    assert [candidate_share(5, 4, r) for r in range(4)] == [(0, 2), (2, 4), (4, 5), (5, 5)]
 
 
 def test_polytope_diameter_is_the_largest_vertex_distance():
