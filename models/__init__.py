@@ -7,6 +7,7 @@ names. The engine (``pruning/``) never names a layer: it gets units and splits f
 Your own network joins by registering an ``Architecture`` (README, "Prune your own model").
 """
 
+import os
 from collections.abc import Callable
 
 from torch import nn
@@ -14,11 +15,15 @@ from torch import nn
 # they register themselves, in this order (the order of models.names())
 from models import mobilenet_v2, resnet34, mobilenet_v3, proxylessnas  # noqa: F401, I001
 from models.registry import DEFAULT_LAYOUT, Architecture, get, names, register
-from pruning.checkpoint import Checkpoint, read, rebuild
+from pruning.checkpoint import Checkpoint, CheckpointError, read, rebuild
 from pruning.units import Unit, UnitSplit, check_units
 
 __all__ = ["DEFAULT_LAYOUT", "Architecture", "build", "default_layout", "get", "load_model",
-           "load_pruned", "names", "prunable_units", "register", "splitter"]
+           "load_pruned", "names", "prunable_units", "read_pruned", "register", "splitter"]
+
+#: The kinds that hold a pruned network: a prune run's pruned.pth and masked.pth, and the
+#: checkpoints a fine-tune run of one writes (last.pth, best.pth).
+PRUNED_KINDS = ("pruned", "masked", "training")
 
 
 def build(arch: str, width: float = 1.0, num_classes: int = 1000,
@@ -95,10 +100,66 @@ def load_model(ckpt: Checkpoint, slim: bool = True) -> nn.Module:
     return model
 
 
-def load_pruned(path: str) -> tuple[nn.Module, Checkpoint]:
-    """The slim network saved by a prune script (``pruned.pth`` or ``masked.pth``), or a
-    fine-tuned one (``last.pth`` of a pruned run), and its checkpoint."""
-    ckpt = read(path, "--pruned", ("pruned", "masked", "training"))
+def read_pruned(path: str | os.PathLike, flag: str = "--pruned", *, arch: str | None = None,
+                layout: str | None = None) -> Checkpoint:
+    """The checkpoint of a pruned network at ``path``, checked before any work is done on it.
+
+    The one reader of pruned and masked checkpoints (``--pruned``, ``--match-kept``,
+    ``load_pruned``), so every caller refuses the same files the same way: a missing or
+    unreadable file, another kind, a dense network, a cfg without its kept channels, and, when
+    given, another architecture than ``arch`` or another layout than ``layout``. Each refusal is
+    a one-line ``CheckpointError`` that starts with ``flag`` and ``path`` (the argument the user
+    gave), never a traceback.
+    """
+    ckpt = read(path, flag, PRUNED_KINDS)
+    where = f"{flag} {path}"
     if ckpt.cfg is None:
-        raise ValueError(f"--pruned {path}: holds a dense {ckpt.arch}, not a pruned network")
-    return load_model(ckpt), ckpt
+        raise CheckpointError(f"{where}: holds a dense {ckpt.arch}, not a pruned network (no cfg "
+                              "of kept channels): give a prune run's pruned.pth or masked.pth, "
+                              "or pass it as --pretrained")
+    if not _complete_cfg(ckpt.cfg):
+        raise CheckpointError(f"{where}: a damaged checkpoint (its cfg lacks the kept channels "
+                              "per space or per unit)")
+    if arch is not None and ckpt.arch != arch:
+        raise CheckpointError(f"{where}: checkpoint is for {ckpt.arch}, this run is for {arch}")
+    if layout is not None and ckpt.layout != layout:
+        raise CheckpointError(f"{where}: a network of the {ckpt.layout} layout; this run builds "
+                              f"the {layout} layout (--layout, whose default follows --dataset): "
+                              f"pass --layout {ckpt.layout} to use it as it is")
+    return ckpt
+
+
+def load_pruned(path: str | os.PathLike, flag: str = "--pruned", *, arch: str | None = None,
+                layout: str | None = None) -> tuple[nn.Module, Checkpoint]:
+    """The slim network of the pruned checkpoint at ``path`` (``read_pruned``'s checks), and
+    the checkpoint: a masked checkpoint comes back as the same slim network (its mixing weights
+    folded in). Weights that do not fit the network their cfg describes are a one-line
+    ``CheckpointError`` naming ``flag`` and ``path`` too, not the page torch prints."""
+    ckpt = read_pruned(path, flag, arch=arch, layout=layout)
+    try:
+        return load_model(ckpt), ckpt
+    except (RuntimeError, ValueError, LookupError, TypeError) as error:
+        raise CheckpointError(f"{flag} {path}: a damaged checkpoint (it does not rebuild the "
+                              f"{ckpt.arch} network of its cfg: {_gist(error)})") from None
+
+
+def _complete_cfg(cfg: object) -> bool:
+    """Whether ``cfg`` has what the readers use: kept channels per space, and per unit its
+    total, kept count and counts (``pruning.checkpoint.selection_cfg``)."""
+    if not isinstance(cfg, dict):
+        return False
+    spaces, units = cfg.get("spaces"), cfg.get("units")
+    return (isinstance(spaces, dict) and isinstance(units, dict)
+            and all(isinstance(u, dict) and {"total", "kept", "counts"} <= set(u)
+                    for u in units.values()))
+
+
+def _gist(error: BaseException) -> str:
+    """One line of why a rebuild failed: torch's load_state_dict error opens with a header line
+    and lists every mismatch, where the first mismatch says enough; a missing entry (a
+    ``KeyError``) is only its key without its type."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    detail = next((line for line in lines if line.startswith(("size mismatch", "Missing key",
+                                                               "Unexpected key"))),
+                  lines[0] if lines else "no detail")[:160]
+    return f"{type(error).__name__}: {detail}" if isinstance(error, LookupError) else detail

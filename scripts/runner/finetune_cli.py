@@ -251,35 +251,28 @@ def resolve_recipe(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-def read_pruned(path: str, arch: str, layout: str) -> Checkpoint:
-    """The pruned (or masked) checkpoint at ``path``, after checking it is one, for ``arch`` and
-    in ``layout``."""
+def pruned_network(args: argparse.Namespace) -> tuple[nn.Module, Checkpoint]:
+    """``--pruned`` through the one reader of pruned checkpoints (``models.load_pruned``): its
+    kind, cfg, architecture, layout and weights are checked and the slim network rebuilt before
+    any data is read; a refusal is a UsageError."""
     try:
-        ckpt = read(path, "--pruned", ("pruned", "masked", "training"))
+        return models.load_pruned(args.pruned, "--pruned", arch=args.arch, layout=args.layout)
     except CheckpointError as error:
         raise UsageError(str(error)) from None
-    if ckpt.cfg is None:
-        raise UsageError(f"--pruned {path}: holds a dense {ckpt.arch}, not a pruned network; "
-                         "pass it as --pretrained")
-    if ckpt.arch != arch:
-        raise UsageError(f"--pruned {path}: checkpoint is for {ckpt.arch}, this script trains "
-                         f"{arch}")
-    if ckpt.layout != layout:
-        raise UsageError(f"--pruned {path}: a network of the {ckpt.layout} layout; this run "
-                         f"builds the {layout} layout (--layout, whose default follows "
-                         f"--dataset): pass --layout {ckpt.layout} to train it as it is")
-    return ckpt
 
 
-def from_pruned(args: argparse.Namespace, ckpt: Checkpoint,
+def from_pruned(args: argparse.Namespace, pruned: tuple[nn.Module, Checkpoint],
                 num_classes: int) -> tuple[nn.Module, Checkpoint, str]:
+    """The network ``pruned_network`` rebuilt (a masked checkpoint is already the same slim
+    network), checked against --width and against the dataset's classes, which are known only
+    once the data is read; re-initialized with --from-scratch."""
+    model, ckpt = pruned
     if args.width is not None and args.width != ckpt.width:
         raise UsageError(f"--width {args.width}: --pruned {args.pruned} is a width "
                          f"{ckpt.width} network")
     if ckpt.num_classes != num_classes:
         raise UsageError(f"--pruned {args.pruned}: has {ckpt.num_classes} classes, "
                          f"--dataset {args.dataset} has {num_classes}")
-    model = models.load_model(ckpt)  # a masked checkpoint becomes the same slim network
     if not args.from_scratch:
         return model, ckpt, f"{ckpt.kind} checkpoint {args.pruned}"
     models.get(args.arch).reinitialize(model)
@@ -287,13 +280,14 @@ def from_pruned(args: argparse.Namespace, ckpt: Checkpoint,
 
 
 def build_model(args: argparse.Namespace, num_classes: int, resume: Checkpoint | None,
-                pruned: Checkpoint | None) -> tuple[nn.Module, Checkpoint | None, str]:
+                pruned: tuple[nn.Module, Checkpoint] | None
+                ) -> tuple[nn.Module, Checkpoint | None, str]:
     """The model to train, the checkpoint whose architecture it has (None: dense), and a
     description of its initialization.
 
-    From ``resume`` (a last.pth) when given, else from ``pruned`` (``--pruned``, re-initialized
-    with ``--from-scratch``), else a dense model with ``--pretrained`` weights or a random
-    initialization.
+    From ``resume`` (a last.pth) when given, else from ``pruned`` (``--pruned``'s network and
+    checkpoint, re-initialized with ``--from-scratch``), else a dense model with
+    ``--pretrained`` weights or a random initialization.
     """
     if resume is not None:
         return (models.load_model(resume), resume if resume.cfg is not None else None,
@@ -419,8 +413,7 @@ def prepared(args: argparse.Namespace, world: distributed.World, folder: RunDir,
     the folder changes; only then does --overwrite move the old run aside (``RunDir.begin``)."""
     arch = args.arch
     # checked before any data is read: a checkpoint of another architecture fails in a second
-    pruned = (read_pruned(args.pruned, arch, args.layout) if args.pruned and resume is None
-              else None)
+    pruned = pruned_network(args) if args.pruned and resume is None else None
     image_size = args.image_size or data.default_image_size(args.dataset)
     train_set, val_set, num_classes = load_data(args, world, image_size)
     seed_everything(args.seed)  # the same initialization on every rank

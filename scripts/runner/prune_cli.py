@@ -57,15 +57,18 @@ from pruning.flops import macs_and_params
 from pruning.masks import Masks
 from pruning.metrics import SubsetMeasure, loss_and_top1
 from pruning.precision import CANDIDATE_PRECISIONS
-from pruning.prune import PruneConfig, PruneResult, build_stop, prune
-from pruning.selection import BatchStream, SelectionSettings, unit_seed
-from pruning.stop import (
-    MaxFraction,
-    StopRule,
-    Top1Tolerance,
-    require_finite,
-    require_finite_parameters,
+from pruning.prune import (
+    EVALUATORS,
+    METHODS,
+    STOPS,
+    ConfigError,
+    PruneConfig,
+    PruneResult,
+    build_stop,
+    prune,
 )
+from pruning.selection import BatchStream, unit_seed
+from pruning.stop import StopRule, require_finite, require_finite_parameters
 from pruning.units import Unit
 from scripts.runner import distributed
 from scripts.runner.arguments import (
@@ -104,7 +107,6 @@ INPUT_ARGS = (
 # Arguments that change what is selected (the evaluator only by float rounding, which can flip a
 # near tie): a resumed run must use the same values (the state file's args).
 SELECTION_ARGS = (*INPUT_ARGS, *CONFIG_FLAGS.values())
-METHODS = ("greedy", "backward", *FIXED_SIZE_METHODS)
 
 
 def build_parser(arch: str) -> argparse.ArgumentParser:
@@ -127,7 +129,7 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
                         "need --stop fraction or --match-kept")
     s.add_argument("--match-kept", help="a pruned.pth whose per-unit kept channel counts this run "
                                         "stops at")
-    s.add_argument("--stop", choices=("loss_gap", "top1_tol", "fraction"), default="loss_gap",
+    s.add_argument("--stop", choices=STOPS, default="loss_gap",
                    help="loss_gap: the paper's epsilon rule; top1_tol: the released code's; "
                         "fraction: keep --keep-fraction of every unit")
     s.add_argument("--epsilon", type=finite_float, default=0.05,
@@ -150,7 +152,7 @@ def build_parser(arch: str) -> argparse.ArgumentParser:
     s.add_argument("--finetune-lr", type=finite_float, default=1e-3,
                    help="learning rate of --finetune-between")
     e = p.add_argument_group("speed")
-    e.add_argument("--evaluator", choices=("plain", "fast"), default="fast",
+    e.add_argument("--evaluator", choices=EVALUATORS, default="fast",
                    help="plain: one full forward per candidate (the released code); fast: the "
                         "same losses from a cached prefix, additive updates and batched "
                         "candidates (see --precision)")
@@ -177,8 +179,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(str(error)) from None
     args.layout = args.layout or models.default_layout(args.arch, args.dataset)
     check_shared(args, distributed.world_from_env())
-    if not args.epsilon > 0:
-        raise UsageError(f"--epsilon must be > 0, got {args.epsilon}")
     for name in ("batch_size", "eval_images"):
         require_at_least(args, name, 1)
     check_images(args, {"--batch-size": args.batch_size, "--eval-batch-size": args.eval_batch_size},
@@ -187,9 +187,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--finetune-between must be >= 0, got {args.finetune_between}")
     if not args.finetune_lr > 0:
         raise UsageError(f"--finetune-lr must be > 0, got {args.finetune_lr}")
-    MaxFraction(args.keep_fraction)
-    Top1Tolerance(args.top1_tol, measure=None)
-    SelectionSettings(candidates=args.candidates)
     if args.match_kept:
         parser = build_parser(args.arch)
         ignored = [f"--{name.replace('_', '-')} {getattr(args, name)}"
@@ -199,24 +196,27 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--match-kept {args.match_kept} stops every unit at that run's kept "
                              f"counts, so {' '.join(ignored)} would be ignored: give one or the "
                              "other")
-    if args.method in FIXED_SIZE_METHODS and args.stop != "fraction" and not args.match_kept:
-        raise UsageError(f"--method {args.method} keeps a given number of channels: "
-                         "use --stop fraction --keep-fraction F or --match-kept PATH")
-    if args.shortlist is not None:
-        if args.shortlist < 1:
-            raise UsageError(f"--shortlist must be >= 1, got {args.shortlist}")
-        if args.method != "greedy" or args.evaluator != "fast":
-            raise UsageError("--shortlist needs --method greedy and --evaluator fast")
-    if args.shortlist_exact_steps < 0:
-        raise UsageError(f"--shortlist-exact-steps must be >= 0, got {args.shortlist_exact_steps}")
-    if args.shortlist_exact_steps and args.shortlist is None:
-        raise UsageError("--shortlist-exact-steps needs --shortlist K")
-    if args.precision == "bf16" and args.evaluator == "plain":
-        raise UsageError("--precision bf16 needs --evaluator fast (the plain evaluator is the "
-                         "float32 reference)")
+    check_config(args)
     if args.evaluator == "fast" and family.split is None:
         raise UsageError(f"--evaluator fast: {family.title} declares no split; use "
                          "--evaluator plain")
+
+
+def check_config(args: argparse.Namespace) -> None:
+    """``PruneConfig``'s own checks on the selection flags, worded in the flags: each check
+    exists once, in the library (``ConfigError.render``). --match-kept's counts are read only
+    once the run folder is claimed (``setup``); an empty map stands for them here, as the
+    checks ask only whether there are any."""
+    try:
+        prune_config(args, {} if args.match_kept else None)
+    except ConfigError as error:
+        raise UsageError(error.render(as_flag)) from None
+
+
+def as_flag(field: str, value: str | None) -> str:
+    """A ``PruneConfig`` field spelled as its flag: ``--shortlist``, ``--method greedy``."""
+    flag = "--" + CONFIG_FLAGS.get(field, field).replace("_", "-")
+    return flag if value is None else f"{flag} {value}"
 
 
 def selection_args(args: argparse.Namespace) -> dict:
@@ -235,21 +235,14 @@ def selection_args(args: argparse.Namespace) -> dict:
     return {k: v for k, v in plain(args).items() if k in SELECTION_ARGS and k not in unused}
 
 
-def read_match_kept(path: str) -> dict:
-    """The per-unit cfg of --match-kept's pruned checkpoint, read before any work."""
-    ckpt = read(path, "--match-kept", ("pruned", "masked", "training"))
-    if ckpt.cfg is None:
-        raise CheckpointError(f"--match-kept {path}: a dense network, no cfg of kept channels; "
-                              "give a prune run's pruned.pth")
-    return ckpt.cfg["units"]
-
-
 def matched_kept(cfg: dict, path: str, units: list[Unit]) -> dict[str, int]:
-    """Per-unit kept channel counts of another pruned checkpoint of the same units."""
+    """Per-unit kept channel counts of another pruned checkpoint of the same units (its
+    architecture was checked when it was read, ``models.read_pruned``; its width and unit kind
+    can only be checked against the units)."""
     missing = [u.name for u in units if u.name not in cfg or cfg[u.name]["total"] != u.size]
     if missing:
         raise UsageError(f"--match-kept {path}: no matching unit for {', '.join(missing[:4])}"
-                         f"{' ...' if len(missing) > 4 else ''} (another architecture or --units?)")
+                         f"{' ...' if len(missing) > 4 else ''} (another width or --units?)")
     return {u.name: cfg[u.name]["kept"] for u in units}
 
 
@@ -384,7 +377,9 @@ def setup(args: argparse.Namespace, world: distributed.World,
     log = RunLog(Path(args.output_dir), world.is_main, not args.no_progress)
     saved = read_state(distributed.on_main(lambda: folder.claim(args.resume, args.overwrite)),
                        args)
-    match_cfg = read_match_kept(args.match_kept) if args.match_kept else None
+    # the one reader of pruned checkpoints, before any data: another architecture's fails here
+    match = (models.read_pruned(args.match_kept, "--match-kept", arch=args.arch)
+             if args.match_kept else None)
     check_pretrained(args)
     start = time.time()
     seed_everything(args.seed)
@@ -413,8 +408,8 @@ def setup(args: argparse.Namespace, world: distributed.World,
     splits = models.splitter(args.arch, model) if args.evaluator == "fast" else None
     measure = (ShardedMeasure(model, eval_batches, splits) if world.distributed else
                SubsetMeasure(model, eval_batches, splits))
-    config = prune_config(args, None if match_cfg is None else
-                          matched_kept(match_cfg, args.match_kept, units))
+    config = prune_config(args, None if match is None else
+                          matched_kept(match.cfg["units"], args.match_kept, units))
     stop = build_stop(config, dense[0], measure, world.distributed)
     distributed.barrier()  # every rank has read its inputs: the folder may change now
     distributed.on_main(folder.begin)

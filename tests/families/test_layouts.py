@@ -17,8 +17,8 @@ from pruning.flops import macs_and_params
 from pruning.masks import Masks
 from pruning.selection import SelectionSettings
 from pruning.slim import slim_model
-from tests.unit.test_fast_evaluators import (RTOL, assert_same_selection, batch, make_model,
-                                        run_selection, select_some)
+from tests.support.nets import (RTOL, assert_same_selection, batch, make_model, run_selection,
+                                select_some)
 
 CIFAR = [("mobilenet_v2", "hidden+outputs"), ("resnet34", "inner")]
 
@@ -109,9 +109,19 @@ def test_the_layout_follows_the_dataset_and_a_checkpoint_of_the_other_is_refused
     path = tmp_path / "cifar.pth"
     save(Checkpoint("pruned", "mobilenet_v2", 0.5, 10, slim.state_dict(), "hidden",
                     selection_cfg(units, ones, kept), layout="cifar"), path)
+
+    def pruned(layout: str):
+        args = finetune_cli.build_parser("mobilenet_v2").parse_args(
+            ["--pruned", str(path), "--layout", layout])
+        return finetune_cli.pruned_network(args)
+
     with pytest.raises(finetune_cli.UsageError, match="pass --layout cifar"):
-        finetune_cli.read_pruned(str(path), "mobilenet_v2", "imagenet")
-    assert finetune_cli.read_pruned(str(path), "mobilenet_v2", "cifar").layout == "cifar"
+        pruned("imagenet")
+    rebuilt, ckpt = pruned("cifar")
+    assert ckpt.layout == "cifar"
+    with torch.no_grad():
+        x = torch.randn(2, 3, 32, 32)
+        assert torch.equal(rebuilt.eval()(x), slim.eval()(x))
     # the same layout's dense weights as --pretrained: refused across layouts although the
     # shapes agree (only strides differ in MobileNetV2's CIFAR layout)
     dense = tmp_path / "dense.pth"
