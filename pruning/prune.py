@@ -14,6 +14,7 @@ short fine-tune between units, a torchrun partition) comes in through keyword ar
 here parses arguments or writes files (``scripts/runner/prune_cli.py`` does both over this module).
 """
 
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -40,17 +41,40 @@ EVALUATORS = ("plain", "fast")
 PROBE_IMAGES = 64  # the slim check's probe batch: the float64 reference is slow at 224 px
 
 UnitHook = Callable[[Unit, dict[str, torch.Tensor]], None]
+#: a setting named in a ``ConfigError``'s text: ``<field>`` or ``<field=value>``
+_SETTING = re.compile(r"<(\w+)(?:=([^<>]*))?>")
+
+
+class ConfigError(ValueError):
+    """A ``PruneConfig`` that cannot run, worded once for every caller.
+
+    ``text`` names settings as ``<field>`` or ``<field=value>`` and starts with the field at
+    fault (``field``). ``str()`` spells them as the dataclass does (``PruneConfig.shortlist
+    needs method='greedy' ...``); ``render`` takes another spelling, so that the prune scripts
+    give the same check in their flags (``--shortlist needs --method greedy ...``) instead of
+    keeping a copy of it.
+    """
+
+    def __init__(self, text: str):
+        self.text = text
+        self.field = _SETTING.match(text)[1]
+        super().__init__("PruneConfig." + self.render(
+            lambda name, value: name if value is None else f"{name}={value!r}"))
+
+    def render(self, spell: Callable[[str, str | None], str]) -> str:
+        """The message with each setting spelled by ``spell(field, value or None)``."""
+        return _SETTING.sub(lambda m: spell(m[1], m[2]), self.text)
 
 
 def _choice(name: str, value, choices) -> None:
     if value not in choices:
-        raise ValueError(f"PruneConfig.{name}: expected one of {choices}, got {value!r}")
+        raise ConfigError(f"<{name}> must be one of {choices}, got {value!r}")
 
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """What decides a prune run's selection; checked on construction (``ValueError`` naming the
-    field).
+    """What decides a prune run's selection; checked on construction (``ConfigError``, a
+    ``ValueError`` naming the field; the prune scripts word the same check in their flags).
 
     * ``method``: ``greedy`` (forward selection, the paper), ``backward`` (greedy backward
       elimination), or a fixed-size baseline (``magnitude``, ``random``, ``uniform``; they need
@@ -90,38 +114,35 @@ class PruneConfig:
         _choice("evaluator", self.evaluator, EVALUATORS)
         _choice("precision", self.precision, tuple(CANDIDATE_PRECISIONS))
         if not self.epsilon > 0:
-            raise ValueError(f"PruneConfig.epsilon must be > 0, got {self.epsilon}")
+            raise ConfigError(f"<epsilon> must be > 0, got {self.epsilon}")
         if not 0 <= self.top1_tol < 1:
-            raise ValueError(f"PruneConfig.top1_tol must be in [0, 1), got {self.top1_tol}")
+            raise ConfigError(f"<top1_tol> must be in [0, 1), got {self.top1_tol}")
         if not 0 < self.keep_fraction <= 1:
-            raise ValueError(f"PruneConfig.keep_fraction must be in (0, 1], got "
-                             f"{self.keep_fraction}")
+            raise ConfigError(f"<keep_fraction> must be in (0, 1], got {self.keep_fraction}")
         if self.match_kept is not None and not all(
                 isinstance(k, int) and k >= 0 for k in self.match_kept.values()):
-            raise ValueError("PruneConfig.match_kept: every kept count must be an int >= 0")
+            raise ConfigError("<match_kept>: every kept count must be an int >= 0")
         if (self.method in FIXED_SIZE_METHODS and self.stop != "fraction"
                 and self.match_kept is None):
-            raise ValueError(f"PruneConfig.method {self.method!r} keeps a given number of "
-                             "channels: set stop='fraction' or match_kept")
+            raise ConfigError(f"<method={self.method}> keeps a given number of channels: set "
+                              "<stop=fraction> (with <keep_fraction>) or <match_kept>")
         if self.shortlist is not None:
             if self.shortlist < 1:
-                raise ValueError(f"PruneConfig.shortlist must be >= 1, got {self.shortlist}")
+                raise ConfigError(f"<shortlist> must be >= 1, got {self.shortlist}")
             if self.method != "greedy" or self.evaluator != "fast":
-                raise ValueError("PruneConfig.shortlist needs method='greedy' and "
-                                 "evaluator='fast'")
+                raise ConfigError("<shortlist> needs <method=greedy> and <evaluator=fast>")
         if self.exact_steps < 0:
-            raise ValueError(f"PruneConfig.exact_steps must be >= 0, got {self.exact_steps}")
+            raise ConfigError(f"<exact_steps> must be >= 0, got {self.exact_steps}")
         if self.exact_steps and self.shortlist is None:
-            raise ValueError("PruneConfig.exact_steps needs a shortlist")
+            raise ConfigError("<exact_steps> needs <shortlist>")
         if self.precision == "bf16" and self.evaluator == "plain":
-            raise ValueError("PruneConfig.precision 'bf16' needs evaluator='fast' (the plain "
-                             "evaluator is the float32 reference)")
+            raise ConfigError(f"<precision={self.precision}> needs <evaluator=fast> (the plain "
+                              "evaluator is the float32 reference)")
         if self.candidates is not None and self.candidates < 1:
-            raise ValueError(f"PruneConfig.candidates must be >= 1 (or None for all), got "
-                             f"{self.candidates}")
+            raise ConfigError(f"<candidates> must be >= 1, got {self.candidates} (without it "
+                              "every candidate is scored)")
         if self.samples_per_pass is not None and self.samples_per_pass < 1:
-            raise ValueError(f"PruneConfig.samples_per_pass must be >= 1, got "
-                             f"{self.samples_per_pass}")
+            raise ConfigError(f"<samples_per_pass> must be >= 1, got {self.samples_per_pass}")
 
     @property
     def settings(self) -> SelectionSettings:
@@ -249,6 +270,7 @@ def prune(
     dense: tuple[float, float] | None = None,
     measure: Measure | None = None,
     stop: StopRule | None = None,
+    evaluator: CandidateEvaluator | None = None,
     distributed: bool = False,
     completed: dict[str, torch.Tensor] | None = None,
     on_step: StepLog | None = None,
@@ -265,12 +287,16 @@ def prune(
     the stop rule's cached block inputs (``models.splitter``). After the call ``model`` carries
     no masks; its weights are those of the masked network (changed only by ``finetune``).
 
-    Keyword arguments a command line needs (all optional):
+    Keyword arguments a command line or a benchmark needs (all optional):
 
     * ``masks``, ``dense``, ``measure``, ``stop``: ready-made pieces (default: built here from
-      ``config``; ``dense`` is measured on ``eval_batches``); ``distributed``: under torchrun,
-      partition each step's candidates across the ranks and take rank 0's stop verdict.
-    * ``completed``: the counts of units finished before an interruption (installed, skipped).
+      ``config``; ``dense`` is measured on ``eval_batches``); ``evaluator``: a ready-made
+      candidate evaluator in place of ``build_evaluator``'s (the benchmarks pass one wrapped to
+      time or record its calls; ``config``'s evaluator fields are then not read);
+      ``distributed``: under torchrun, partition each step's candidates across the ranks and
+      take rank 0's stop verdict.
+    * ``completed``: counts of units not to search, installed as given and skipped (those an
+      interrupted run finished; a benchmark's units left out, as dense counts).
     * ``on_step(unit, step, channel, batch_loss, stop_loss)`` after every step.
     * after every newly completed unit, in this order, each with (unit, counts so far):
       ``after_unit`` (progress), ``finetune`` (e.g. a few SGD steps on the masked network),
@@ -299,8 +325,8 @@ def prune(
             if hook is not None:
                 hook(unit, counts)
 
-    evaluator = (None if config.method in FIXED_SIZE_METHODS else
-                 build_evaluator(config, model, masks, splits, distributed))
+    if evaluator is None and config.method not in FIXED_SIZE_METHODS:
+        evaluator = build_evaluator(config, model, masks, splits, distributed)
     counts = select(config, model, units, masks, evaluator, batches, stop, completed, unit_done,
                     log_step)
     if on_selected is not None:

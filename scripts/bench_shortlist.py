@@ -2,7 +2,8 @@
 fidelity line and its ``--quality`` mode; tracker issues 6 and 16).
 
 Both prune a briefly trained MobileNetV2 (width 0.5, 32 px, synthetic data; ``trained_network``)
-to a fixed kept fraction of every hidden unit (``Selector``). The fidelity line runs exact greedy
+to a fixed kept fraction of every hidden unit through the prune scripts' call,
+``pruning.prune.prune`` (``Selector``). The fidelity line runs exact greedy
 while recording at every step whether the top-K of the first-order ranking held the exact argmin
 (``Fidelity``); ``--quality`` compares the held-out loss and top-1 of exact greedy, the shortlist
 and the hybrid (``ShortlistEvaluator(exact_steps=E)``) over seeds (``quality``).
@@ -21,10 +22,9 @@ from bench_common import WHOLE, device_name, log
 from models import splitter
 from pruning.evaluators import CandidateEvaluator
 from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
-from pruning.masks import Masks
-from pruning.selection import SelectionSettings, greedy_forward_selection
-from pruning.shortlist import ShortlistEvaluator, shortlist
-from pruning.stop import MaxFraction
+from pruning.metrics import loss_and_top1
+from pruning.prune import PruneConfig, prune
+from pruning.shortlist import shortlist
 
 LATE_STEP = 16  # fidelity is also reported for steps that start with at least this many picks
 
@@ -82,23 +82,24 @@ def trained_network(args: argparse.Namespace, seed: int = 0) -> tuple:
 
 
 class Selector:
-    """Greedy selections of the trained network's 17 hidden units at a fixed kept fraction,
-    each from the dense network and the same batch stream (seeded by ``seed``)."""
+    """Greedy selections of the trained network's 17 hidden units at a fixed kept fraction
+    (``prune`` with ``stop="fraction"``, ``evaluator="fast"``), each from the dense network and
+    the same batch stream (seeded by ``seed``); ``dense``: the held-out loss and top-1 before.
+    """
 
     def __init__(self, args: argparse.Namespace, model, x, y, held_out, seed: int = 0):
         self.args, self.model, self.x, self.y = args, model, x, y
         self.held_out, self.seed = held_out, seed
         self.units = models.prunable_units(WHOLE, model)
-        self.masks = Masks(model, self.units)
-        self.fast = FastEvaluator(model, splitter(WHOLE, model),
-                                  default_samples_per_pass(args.device))
+        self.splits = splitter(WHOLE, model)
+        self.fast = FastEvaluator(model, self.splits, default_samples_per_pass(args.device))
+        self.dense = loss_and_top1(model, [held_out])
 
-    def val_loss(self) -> tuple[float, float]:
-        """Held-out loss and top-1 of the network as the masks stand."""
-        with torch.no_grad():
-            logits = self.model(self.held_out[0])
-        return (F.cross_entropy(logits, self.held_out[1]).item(),
-                (logits.argmax(1) == self.held_out[1]).float().mean().item())
+    def config(self, shortlist: int | None = None, exact_steps: int = 0) -> PruneConfig:
+        """Exact greedy, or the shortlist (top-``shortlist``) after ``exact_steps`` exact steps
+        per unit, at the fixed kept fraction."""
+        return PruneConfig(stop="fraction", keep_fraction=self.args.fidelity_fraction,
+                           evaluator="fast", shortlist=shortlist, exact_steps=exact_steps)
 
     def batches(self, other: int = 0):
         """The selection's mini-batches; ``other`` > 0: another stream of the same data."""
@@ -109,27 +110,29 @@ class Selector:
                                 generator=stream)
             yield self.x[idx.to(device)], self.y[idx.to(device)]
 
-    def __call__(self, evaluator: CandidateEvaluator, clock=time.perf_counter,
-                 other: int = 0) -> tuple[tuple[float, float], float]:
-        """(held-out loss, top-1) after the selection from batch stream ``other``, and its
-        duration by ``clock``."""
-        for unit in self.units:
-            self.masks.set_counts(unit.name, torch.ones(unit.size, dtype=torch.long))
+    def __call__(self, config: PruneConfig, evaluator: CandidateEvaluator | None = None,
+                 clock=time.perf_counter, other: int = 0) -> tuple[tuple[float, float], float]:
+        """(held-out loss, top-1) of the masked network ``prune`` selects under ``config`` from
+        batch stream ``other`` (``evaluator``: one that records, in place of the config's), and
+        the selection's duration by ``clock``: until ``on_selected``, so not the slimming and
+        its check that follow."""
+        selected = []
         start = clock()
-        greedy_forward_selection(self.units, self.masks, evaluator, self.batches(other),
-                                 MaxFraction(self.args.fidelity_fraction), SelectionSettings())
-        return self.val_loss(), clock() - start
+        result = prune(self.model, self.units, config, self.batches(other), [self.held_out],
+                       self.splits, dense=self.dense, evaluator=evaluator,
+                       on_selected=lambda counts: selected.append(clock()))
+        return result.masked, selected[0] - start
 
 
 def fidelity(args: argparse.Namespace) -> dict:
     """Shortlist vs exact greedy on a trained MobileNetV2 (width 0.5, 32 px, synthetic data)."""
     select = Selector(args, *trained_network(args))
-    dense = select.val_loss()
+    dense = select.dense
     log(f"fidelity: trained network, val loss {dense[0]:.3f}, top-1 {100 * dense[1]:.1f}%")
     recorder = Fidelity(select.fast, args.shortlist)
-    exact, exact_s = select(recorder)
+    exact, exact_s = select(select.config(), recorder)
     log(f"fidelity: exact selection done in {exact_s:.0f} s")
-    short, short_s = select(ShortlistEvaluator(select.fast, args.shortlist))
+    short, short_s = select(select.config(args.shortlist))
     return {"all": recorder.agreement(), "late": recorder.agreement(LATE_STEP),
             "excess": sum(e for *_, e in recorder.steps) / len(recorder.steps),
             "dense": dense, "exact": exact, "short": short, "exact_s": exact_s,
@@ -169,13 +172,13 @@ def quality(args: argparse.Namespace) -> None:
     dense = []
     for seed in range(args.seeds):
         select = Selector(args, *trained_network(args, seed), seed=seed)
-        dense.append(select.val_loss())
+        dense.append(select.dense)
         log(f"quality: seed {seed}: dense val loss {dense[-1][0]:.4f}, "
             f"top-1 {100 * dense[-1][1]:.1f}%")
         for name, exact_steps, other in variants:
-            evaluator = (select.fast if exact_steps is None else
-                         ShortlistEvaluator(select.fast, args.shortlist, exact_steps))
-            (loss, top1), seconds = select(evaluator, clock, other)
+            config = (select.config() if exact_steps is None else
+                      select.config(args.shortlist, exact_steps))
+            (loss, top1), seconds = select(config, clock=clock, other=other)
             results[name].append((loss, top1, seconds))
             log(f"quality: seed {seed}: {name}: val loss {loss:.4f}, top-1 {100 * top1:.1f}%, "
                 f"{seconds:.1f} s")

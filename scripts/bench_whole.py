@@ -1,35 +1,43 @@
 """``bench_select.py --whole``: the estimated time of a whole MobileNetV2 selection through the
-prune script's own code path, beside the plain evaluator's, the shortlist's and the hybrid's
-(tracker issue 16). ``whole`` says what is timed and how the estimate is built.
+prune scripts' own call, ``pruning.prune.prune``, beside the plain evaluator's, the shortlist's and
+the hybrid's (tracker issue 16). ``whole`` says what is timed and how the estimate is built.
 """
 
 import argparse
 import contextlib
 import dataclasses
-import functools
 import math
 import sys
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
 
 import data
 import models
-from scripts.runner import prune_cli
 from bench_common import NUM_CLASSES, SLOW_CANDIDATES, TABLE_UNITS, WHOLE, device_name, log
 from data.seeding import seed_everything
-from scripts.runner import distributed
+from pruning.checkpoint import Checkpoint, save
 from pruning.distributed_select import ShardedMeasure
 from pruning.masks import Masks
 from pruning.metrics import SubsetMeasure, loss_and_top1
-from pruning.prune import build_evaluator, build_stop
-from scripts.runner.runlog import RunLog
-from pruning.selection import BatchStream, SelectionSettings, select_unit
+from pruning.prune import PruneConfig, build_evaluator, build_stop, prune
+from pruning.selection import BatchStream
 from pruning.shortlist import ShortlistEvaluator
 from pruning.stop import MaxFraction, StopRule
+from pruning.units import Splitter, Unit
+from scripts.runner import distributed
+from scripts.runner.runlog import RunLog
+
+#: The prune scripts' defaults that a --whole run keeps: --seed and --synthetic-seed, and
+#: --eval-batch-size (the stop rule's subset in batches of this many images)
+SEED = 0
+EVAL_BATCH_SIZE = 256
 
 #: The kept fraction of every hidden unit of MobileNetV2 (width 1.0) whose slim network has about
 #: 220M MACs at 224 px (ptflops, pytorch backend; 219.93M with ceil(f N) channels per unit):
@@ -99,65 +107,75 @@ class Stopwatch:
         return min(self.laps[name][-repeats:])
 
 
+class UnitLaps:
+    """The current unit's ``Stopwatch`` and the candidate pools its evaluator was given.
+
+    ``prune`` runs every unit in one call, so the timed pieces look the watch up here at each
+    call, and ``StepLimit.start`` (a unit's first event) starts a fresh one.
+    """
+
+    def __init__(self, device: torch.device, wall: bool):
+        self.device, self.wall = device, wall
+        self.new_unit()
+
+    def new_unit(self) -> None:
+        self.watch = Stopwatch(self.device, self.wall)
+        self.pools: list[int] = []
+
+    def time(self, name: str, fn, *args):
+        return self.watch.time(name, fn, *args)
+
+
 class TimedBatches:
-    def __init__(self, batches, watch: Stopwatch):
-        self.batches, self.watch = batches, watch
+    def __init__(self, batches, laps: UnitLaps):
+        self.batches, self.laps = batches, laps
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        return self.watch.time("data", next, self.batches)
+        return self.laps.time("data", next, self.batches)
 
 
 class TimedEvaluator:
-    def __init__(self, inner, watch: Stopwatch):
-        self.inner, self.watch, self.pools = inner, watch, []
+    def __init__(self, inner, laps: UnitLaps):
+        self.inner, self.laps = inner, laps
 
     def losses(self, unit, counts, candidates, batch):
-        self.pools.append(len(candidates))
-        return self.watch.time("evaluator", self.inner.losses, unit, counts, candidates, batch)
+        self.laps.pools.append(len(candidates))
+        return self.laps.time("evaluator", self.inner.losses, unit, counts, candidates, batch)
 
 
 class StepLimit(StopRule):
     """The prune script's stop rule, measured after every step as in a real run, but the unit
     ends after ``steps`` steps whatever it says."""
 
-    def __init__(self, inner: StopRule, steps: int, watch: Stopwatch):
-        self.inner, self.steps, self.watch, self.taken = inner, steps, watch, 0
+    def __init__(self, inner: StopRule, steps: int, laps: UnitLaps):
+        self.inner, self.steps, self.laps, self.taken = inner, steps, laps, 0
 
     def start(self, unit) -> None:
         self.taken = 0
-        self.watch.time("measure", self.inner.start, unit)
+        self.laps.new_unit()
+        self.laps.time("measure", self.inner.start, unit)
 
     def done(self, unit, counts) -> bool:
-        self.watch.time("measure", self.inner.done, unit, counts)
+        self.laps.time("measure", self.inner.done, unit, counts)
         self.last_loss = self.inner.last_loss
         self.taken += 1
         return self.taken >= self.steps
 
 
-def prune_argv(args: argparse.Namespace, output_dir: str) -> list[str]:
-    """The prune script's command line that --whole times (the paper's loss-gap stop rule, so
-    that the evaluation subset is measured after every step)."""
-    return ["--dataset", "synthetic", "--width", str(args.width),
-            "--image-size", str(args.image_size), "--synthetic-images", str(args.synthetic_images),
-            "--batch-size", str(args.batch_size), "--eval-images", str(args.eval_images),
-            "--workers", str(args.workers), "--device", str(args.device),
-            "--precision", args.precision, "--stop", "loss_gap", "--no-progress",
-            "--output-dir", output_dir]
-
-
 def whole(args: argparse.Namespace) -> None:
     """Estimated wall time of a whole MobileNetV2 selection through ``mobile2_prune.py``.
 
-    The prune script's own objects (``build_job``: its arguments parsed into the library's
-    ``PruneConfig``, its data and ``BatchStream``), the evaluator ``pruning.prune.
-    build_evaluator`` makes (``--evaluator fast``, ``--precision`` as given; under torchrun
-    partitioned across the ranks), the loss-gap stop rule ``pruning.prune.build_stop`` makes,
-    measured after every step, the prune script's per-step hook (``SelectionProgress.on_step``:
-    TensorBoard scalar, bar; bars off) and its per-unit ones (``after_unit``, ``save_state``:
-    measurement, checkpoint). Per unit, ``select_unit`` runs
+    The pieces the prune script builds for a fresh run on the synthetic dataset without
+    --pretrained, made here from the library (``setup``: data, model, units, dense measurement,
+    ``BatchStream``, the ``PruneConfig`` of ``--evaluator fast --stop loss_gap`` and
+    ``--precision`` as given), handed to ``pruning.prune.prune`` as the prune script hands
+    them: the evaluator ``build_evaluator`` makes (under torchrun partitioned across the ranks),
+    the loss-gap stop rule ``build_stop`` makes, measured after every step, and hooks that do
+    the prune script's work (``ScriptHooks``): per step a TensorBoard scalar and the bar (bars
+    off), per unit the measurement and the checkpoint. Per unit, ``prune`` runs
     ``--whole-steps`` real steps; then, with |S| = n - 1 random channels installed (n = the
     unit's kept count, ceil(f N)), the evaluator is timed on the last step's pool (N - n + 1
     candidates) and on all N candidates (the last shows that the cost per candidate does not
@@ -170,13 +188,14 @@ def whole(args: argparse.Namespace) -> None:
     pool = N - s at step s (selection without replacement), evaluator(pool) linear between
     the first steps' and the last step's measurement (so the sum is n times its value at the
     mean pool), one-off = the first step's excess over the next ones (the measurement's cached
-    block inputs, warm-up) plus ``after_unit``. The plain evaluator (the released code's way)
-    is timed per candidate on a few candidates before the fast one converts the model, with the
-    stop rule's full forward (``SubsetMeasure`` without splits, as the prune script measures
-    with ``--evaluator plain``): n * (data + full measure + log) + t_candidate * sum(pool). The
-    shortlist (``--shortlist`` K) is timed once per unit at |S| = n - 1 (a linear-score
-    backward and K candidates); the hybrid (``--exact-steps`` E) takes the exact evaluator's
-    time for its first min(n, E) steps.
+    block inputs, warm-up) plus the per-unit hooks. The plain evaluator (the released code's
+    way) is timed per candidate on a few candidates before the fast one converts the model,
+    with the stop rule's full forward (``SubsetMeasure`` without splits, as the prune script
+    measures with ``--evaluator plain``): n * (data + full measure + log) + t_candidate *
+    sum(pool). The shortlist (``--shortlist`` K) is timed once per unit at |S| = n - 1 (a
+    linear-score backward and K candidates); the hybrid (``--exact-steps`` E) takes the exact
+    evaluator's time for its first min(n, E) steps. ``prune`` ends as it always does, slimming
+    the network and checking it against the masked one (untimed).
 
     Timings: wall clock with the GPU synchronized around each part on CUDA; on CPU the
     process's CPU time (one thread, ``--workers 0`` by default so that loading is counted),
@@ -193,58 +212,123 @@ def whole(args: argparse.Namespace) -> None:
     wall = args.wall_clock or world.distributed
     watch = Stopwatch(args.device, wall)
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(sys.stderr):
-        pargs = prune_cli.parse(WHOLE, prune_argv(args, str(Path(tmp) / "run")))
-        job = build_job(pargs, distributed.init(pargs.device.type))
-        units = [u for u in job.units if not args.unit or u.name in args.unit]
+        run = setup(args, distributed.init(args.device.type), Path(tmp) / "run")
+        units = [u for u in run.units if not args.unit or u.name in args.unit]
         if args.unit and len(units) != len(set(args.unit)):
             raise SystemExit(f"--unit: unknown unit among {args.unit}; units are "
-                             f"{[u.name for u in job.units]}")
-        rows = whole_rows(args, job, units, fraction, watch)
+                             f"{[u.name for u in run.units]}")
+        rows = whole_rows(args, run, units, fraction, watch)
         distributed.barrier()
     if not world.is_main:
         return
     print_whole(args, rows, fraction, how, wall, time.perf_counter() - started, world.size)
 
 
-def build_job(args: argparse.Namespace, world: distributed.World) -> prune_cli.Job:
-    """What the prune script sets up for a fresh run without --pretrained (no run folder):
-    data, model, units, dense measurement, ``PruneConfig``, stop rule and the batch stream."""
-    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
-    seed_everything(args.seed)
-    train_set, num_classes, image_size, eval_batches = prune_cli.load_data(args)
-    model = models.build(args.arch, args.width, num_classes, args.layout).to(args.device).eval()
-    units = models.prunable_units(args.arch, model, args.units)
+@dataclass
+class Setup:
+    """What ``prune`` is given, built as the prune script builds it (``setup``)."""
+
+    args: argparse.Namespace
+    world: distributed.World
+    log: RunLog
+    out: Path
+    train_set: Dataset
+    num_classes: int
+    eval_batches: list
+    model: nn.Module
+    units: list[Unit]
+    masks: Masks
+    dense: tuple[float, float]
+    batches: BatchStream
+    measure: SubsetMeasure | ShardedMeasure
+    splits: Splitter
+    config: PruneConfig
+    stop: StopRule
+
+
+def setup(args: argparse.Namespace, world: distributed.World, out: Path) -> Setup:
+    """The prune script's pieces for a fresh run on the synthetic dataset without --pretrained,
+    from the library's public functions: the training set with the evaluation transform, the
+    stop rule's class-balanced subset, the network and its default units, the dense
+    measurement, the batch stream, the config (the script's defaults: ``--evaluator fast``,
+    ``--stop loss_gap``, ``--epsilon 0.05``, seed 0) and its stop rule."""
+    seed_everything(SEED)
+    train_set, num_classes = data.build_dataset(
+        "synthetic", None, "train", image_size=args.image_size, augment=False,
+        num_images=args.synthetic_images, seed=SEED)
+    subset = data.class_balanced_subset(data.get_targets(train_set),
+                                        min(args.eval_images, len(train_set)), seed=SEED)
+    eval_batches = [(x.to(args.device), y.to(args.device)) for x, y in DataLoader(
+        Subset(train_set, subset), batch_size=EVAL_BATCH_SIZE, num_workers=args.workers)]
+    model = models.build(WHOLE, args.width, num_classes, models.default_layout(WHOLE, "synthetic"))
+    model.to(args.device).eval()
+    units = models.prunable_units(WHOLE, model)
     dense = loss_and_top1(model, eval_batches)
-    loader = data.make_infinite_loader(train_set, args.batch_size, seed=args.seed,
+    loader = data.make_infinite_loader(train_set, args.batch_size, seed=SEED,
                                        workers=args.workers,
                                        pin_memory=args.device.type == "cuda")
-    splits = models.splitter(args.arch, model) if args.evaluator == "fast" else None
+    splits = models.splitter(WHOLE, model)
     measure = (ShardedMeasure(model, eval_batches, splits) if world.distributed else
                SubsetMeasure(model, eval_batches, splits))
-    config = prune_cli.prune_config(args)
+    config = PruneConfig(evaluator="fast", precision=args.precision, seed=SEED)
     stop = build_stop(config, dense[0], measure, world.distributed)
-    log_ = RunLog(Path(args.output_dir), world.is_main, not args.no_progress)
-    return prune_cli.Job(args, world, log_, train_set, num_classes, image_size, eval_batches,
-                         model, units, Masks(model, units), dense, None,
-                         BatchStream(loader, args.device), measure, stop, time.time(),
-                         config=config)
+    return Setup(args, world, RunLog(out, world.is_main, progress=False), out, train_set,
+                 num_classes, eval_batches, model, units, Masks(model, units), dense,
+                 BatchStream(loader, args.device), measure, splits, config, stop)
 
 
-def evaluator_of(job: prune_cli.Job, evaluator: str):
-    """``build_evaluator`` as the prune script calls it, with ``--evaluator`` as given."""
-    config = dataclasses.replace(job.config, evaluator=evaluator)
-    splits = models.splitter(job.args.arch, job.model) if evaluator == "fast" else None
-    return build_evaluator(config, job.model, job.masks, splits, job.world.distributed)
+class ScriptHooks:
+    """The hooks the prune script gives ``prune`` (``prune_cli.SelectionProgress``: change
+    both together), doing the same work, so that the ``log`` and per-unit parts cost here what
+    they cost there: per step TensorBoard scalars and the unit's bar (off, as with
+    --no-progress); per unit the bar's end, the measurement on the subset with its line, and
+    the checkpoint a --resume reads (``save_state``)."""
+
+    def __init__(self, run: Setup):
+        self.run, self.step, self.bar, self.start = run, 0, None, time.time()
+
+    def on_step(self, unit: Unit, step: int, best: int, batch_loss: float,
+                eval_loss: float | None) -> None:
+        log, dense_loss = self.run.log, self.run.dense[0]
+        if self.bar is None:
+            self.bar = log.bar(unit.name)
+        self.step += 1
+        log.scalar("select/batch_loss", batch_loss, self.step)
+        self.bar.update(1)
+        if eval_loss is not None:
+            log.scalar("select/eval_loss_gap", eval_loss - dense_loss, self.step)
+            self.bar.set_postfix(gap=f"{eval_loss - dense_loss:.4f}")
+
+    def after_unit(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
+        run = self.run
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        kept = int((counts[unit.name] > 0).sum())
+        run.log.scalar("select/kept_fraction", kept / unit.size, len(counts))
+        loss, top1 = run.measure(unit)
+        run.log.say(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
+                    f"(dense {run.dense[0]:.4f}), top-1 {100 * top1:.2f}%")
+
+    def save_state(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
+        run = self.run
+        state = {"completed": counts, "batches_drawn": run.batches.drawn,
+                 "seconds": time.time() - self.start}
+        distributed.on_main(lambda: save(Checkpoint(
+            "selection", WHOLE, run.args.width, run.num_classes, run.model.state_dict(),
+            models.get(WHOLE).default_units, None, dataclasses.asdict(run.config), {}, state,
+            models.default_layout(WHOLE, "synthetic")), run.out / "selection_state.pth"))
 
 
-def whole_rows(args, job, units, fraction: float, watch: Stopwatch) -> list[dict]:
+def whole_rows(args, run: Setup, units: list[Unit], fraction: float,
+               watch: Stopwatch) -> list[dict]:
     """Per unit: its size, kept count, measured parts and the three estimates (``whole``)."""
-    k, world = args.shortlist, job.world
-    pick = torch.Generator().manual_seed(2)
-    batch = next(job.batches)
+    world = run.world
+    batch = next(run.batches)
     # --- the plain evaluator and the full measurement, before the fast evaluator's conversion
-    plain = evaluator_of(job, "plain")
-    full_measure = SubsetMeasure(job.model, job.eval_batches)
+    plain = build_evaluator(dataclasses.replace(run.config, evaluator="plain", precision="fp32"),
+                            run.model, run.masks, None, world.distributed)
+    full_measure = SubsetMeasure(run.model, run.eval_batches)
     plain_times = {}
     few = torch.arange(SLOW_CANDIDATES * world.size)
     plain.losses(units[0], torch.zeros(units[0].size, dtype=torch.long), few[:world.size],
@@ -253,42 +337,69 @@ def whole_rows(args, job, units, fraction: float, watch: Stopwatch) -> list[dict
         zero = torch.zeros(unit.size, dtype=torch.long)
         per_candidate = watch.best("plain", plain.losses, unit, zero, few, batch) / len(few)
         plain_times[unit.name] = (per_candidate, watch.best("full measure", full_measure, unit))
-        job.masks.set_counts(unit.name, torch.ones(unit.size, dtype=torch.long))
-    # --- the prune script's evaluator, stop rule and callbacks, a few real steps per unit
-    fast = evaluator_of(job, "fast")
-    shortlisted = ShortlistEvaluator(fast, k)
-    progress = prune_cli.SelectionProgress(job, {}, 0.0)
-    settings = SelectionSettings(seed=job.config.seed)
-    stop = MaxFraction(fraction)
-    counts, rows = {}, []
-    for index, unit in enumerate(job.units):
-        if unit not in units:
-            continue
-        laps = Stopwatch(args.device, watch.clock is time.perf_counter)
-        timed = TimedEvaluator(fast, laps)
-        counts[unit.name] = select_unit(
-            unit, job.masks, timed, TimedBatches(job.batches, laps),
-            StepLimit(job.stop, args.whole_steps, laps), settings, index,
-            functools.partial(laps.time, "log", progress.on_step))
-        laps.time("after unit", progress.after_unit, unit, counts)
-        laps.time("after unit", progress.save_state, unit, counts)
-        n, size = stop.target(unit), unit.size
+        run.masks.set_counts(unit.name, torch.ones(unit.size, dtype=torch.long))
+    # --- prune() with the prune script's evaluator, stop rule and hooks, a few steps per unit
+    return WholeRun(args, run, fraction, watch.clock is time.perf_counter, plain_times,
+                    batch).rows(units)
+
+
+class WholeRun:
+    """``prune`` on the script's pieces, its evaluator, data and stop rule timed; each unit's
+    row is computed in the unit's last hook, while ``prune`` holds its masks (``unit_done``)."""
+
+    def __init__(self, args, run: Setup, fraction: float, wall: bool, plain_times: dict,
+                 batch):
+        self.args, self.run, self.plain_times, self.batch = args, run, plain_times, batch
+        self.fast = build_evaluator(run.config, run.model, run.masks, run.splits,
+                                    run.world.distributed)
+        self.shortlisted = ShortlistEvaluator(self.fast, args.shortlist)
+        self.laps = UnitLaps(args.device, wall)
+        self.hooks = ScriptHooks(run)
+        self.target = MaxFraction(fraction)
+        self.pick = torch.Generator().manual_seed(2)
+        self._rows: list[dict] = []
+
+    def rows(self, units: list[Unit]) -> list[dict]:
+        """Prune with ``--whole-steps`` steps per unit of ``units``; the others are installed
+        dense and skipped (``prune``'s ``completed``), so every unit keeps its position."""
+        run, laps, hooks = self.run, self.laps, self.hooks
+        skipped = {u.name: torch.ones(u.size, dtype=torch.long) for u in run.units
+                   if u not in units}
+        prune(run.model, run.units, run.config, TimedBatches(run.batches, laps),
+              run.eval_batches, run.splits, masks=run.masks, dense=run.dense,
+              stop=StepLimit(run.stop, self.args.whole_steps, laps),
+              evaluator=TimedEvaluator(self.fast, laps), distributed=run.world.distributed,
+              completed=skipped, on_step=lambda *step: laps.time("log", hooks.on_step, *step),
+              after_unit=lambda unit, counts: laps.time("after unit", hooks.after_unit, unit,
+                                                        counts),
+              checkpoint=self.unit_done)
+        return self._rows
+
+    def unit_done(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
+        """The checkpoint hook, timed, then the unit's row."""
+        self.laps.time("after unit", self.hooks.save_state, unit, counts)
+        self._rows.append(self.row(unit, counts))
+
+    def row(self, unit: Unit, counts: dict[str, torch.Tensor]) -> dict:
+        args, masks, fast, batch = self.args, self.run.masks, self.fast, self.batch
+        laps, pools = self.laps.watch, self.laps.pools
+        n, size = self.target.target(unit), unit.size
         late = torch.zeros(size, dtype=torch.long)
-        late[torch.randperm(size, generator=pick)[: n - 1]] = 1
-        job.masks.set_counts(unit.name, late)
+        late[torch.randperm(size, generator=self.pick)[: n - 1]] = 1
+        masks.set_counts(unit.name, late)
         pool = torch.nonzero(late == 0).flatten()
         e_late = laps.best("late", fast.losses, unit, late, pool, batch)
         e_all = (laps.best("all", fast.losses, unit, late, torch.arange(size), batch, repeats=1)
                  if args.unit or unit.name in TABLE_UNITS[WHOLE] else None)
-        e_short = laps.best("shortlist", shortlisted.losses, unit, late, pool, batch)
-        job.masks.set_counts(unit.name, counts[unit.name])
+        e_short = laps.best("shortlist", self.shortlisted.losses, unit, late, pool, batch)
+        masks.set_counts(unit.name, counts[unit.name])
         steady = slice(1, None) if args.whole_steps > 1 else slice(None)
         per_step = {name: laps.laps[name] for name in ("data", "evaluator", "measure", "log")}
         # the stop rule's start() is one more "measure" lap: the per-step laps are the last ones
         per_step["measure"] = per_step["measure"][-args.whole_steps:]
         steps_total = [sum(v[i] for v in per_step.values()) for i in range(args.whole_steps)]
         mean = {name: sum(v[steady]) / len(v[steady]) for name, v in per_step.items()}
-        early_pool = sum(timed.pools[steady]) / len(timed.pools[steady])
+        early_pool = sum(pools[steady]) / len(pools[steady])
         one_off = (steps_total[0] - sum(mean.values()) + sum(laps.laps["after unit"])
                    + sum(laps.laps["measure"][:-args.whole_steps]))
 
@@ -300,15 +411,17 @@ def whole_rows(args, job, units, fraction: float, watch: Stopwatch) -> list[dict
 
         overhead = mean["data"] + mean["measure"] + mean["log"]
         exact_eval = n * evaluator_at(size - (n - 1) / 2)
-        pools = n * size - n * (n - 1) / 2
-        t_plain, full = plain_times[unit.name]
+        pools_total = n * size - n * (n - 1) / 2
+        t_plain, full = self.plain_times[unit.name]
         hybrid = {}
         for e in args.exact_steps:
             m = min(n, e)
             exact_part = m * evaluator_at(size - (m - 1) / 2) if m else 0.0
             hybrid[e] = one_off + n * overhead + exact_part + (n - m) * e_short
-        rows.append({
-            "unit": unit.name, "N": size, "n": n, "pools": pools,
+        log(f"whole: {unit.name} timed (rank {self.run.world.rank}: per step "
+            + ", ".join(f"{name} {1e3 * t:.1f} ms" for name, t in mean.items()) + ")")
+        return {
+            "unit": unit.name, "N": size, "n": n, "pools": pools_total,
             "data": mean["data"], "measure": mean["measure"], "log": mean["log"],
             "e_first": mean["evaluator"], "e_last": e_late, "step": sum(mean.values()),
             "s_effect": None if e_all is None else (e_all / size) / (mean["evaluator"]
@@ -316,14 +429,11 @@ def whole_rows(args, job, units, fraction: float, watch: Stopwatch) -> list[dict
             "fast": one_off + n * overhead + exact_eval,
             "fast_no_measure": one_off + n * (mean["data"] + mean["log"]) + exact_eval,
             "eval_only": exact_eval,
-            "plain": n * (mean["data"] + full + mean["log"]) + t_plain * pools
+            "plain": n * (mean["data"] + full + mean["log"]) + t_plain * pools_total
             + sum(laps.laps["after unit"]),
-            "plain_no_measure": n * (mean["data"] + mean["log"]) + t_plain * pools
+            "plain_no_measure": n * (mean["data"] + mean["log"]) + t_plain * pools_total
             + sum(laps.laps["after unit"]),
-            "short": one_off + n * overhead + n * e_short, "hybrid": hybrid})
-        log(f"whole: {unit.name} timed (rank {world.rank}: per step "
-            + ", ".join(f"{name} {1e3 * t:.1f} ms" for name, t in mean.items()) + ")")
-    return rows
+            "short": one_off + n * overhead + n * e_short, "hybrid": hybrid}
 
 
 def hms(seconds: float) -> str:

@@ -33,7 +33,9 @@ Why it is built this way:
   stable on a shared machine (``ENVIRONMENT.md``): with two threads, a quick MobileNetV2 epoch
   took 72 s instead of 2 s while another process used a core. Inside a process the steps run
   in-process (``runpy``, as ``scripts/launch.py`` runs ``--smoke`` steps) to save the Python and
-  torch start-up.
+  torch start-up: torch is imported once per network, and a prune step is the prune script
+  itself (``prune_cli.main``, which calls ``pruning.prune.prune``, as the benchmarks and the
+  README's example do), its exit status and one-line errors included.
 * **Re-runnable.** A step is done when its ``summary.json`` exists and is skipped on a re-run;
   every step gets ``--resume``, so an interrupted prune or training continues where it stopped
   (``scripts/launch.py``'s ``Step``). ``<out>`` holding an earlier run is refused unless

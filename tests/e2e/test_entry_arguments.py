@@ -10,7 +10,6 @@ two cases run a script as a process, to see the whole path from the command line
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,8 +22,9 @@ from scripts.runner import prune_cli
 from data.mnist import write_idx
 from scripts.runner import arguments, distributed
 from scripts.runner.command import run_command
+from tests.support import ROOT
+from tests.support.cli import run_script
 
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import bench_select  # noqa: E402
@@ -304,6 +304,25 @@ def test_match_kept_with_another_stop_rule_is_refused(tmp_path, capsys):
             "--match-kept P.pth", "--stop fraction --keep-fraction 0.5 would be ignored")
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["--epsilon", "0"], "--epsilon must be > 0, got 0.0"),
+    (["--top1-tol", "1", "--stop", "top1_tol"], "--top1-tol must be in [0, 1), got 1.0"),
+    (["--keep-fraction", "0", "--stop", "fraction"], "--keep-fraction must be in (0, 1]"),
+    (["--candidates", "0"], "--candidates must be >= 1, got 0"),
+    (["--method", "random"], "--method random keeps a given number of channels: set --stop "
+                             "fraction (with --keep-fraction) or --match-kept"),
+    (["--shortlist", "4", "--evaluator", "plain"],
+     "--shortlist needs --method greedy and --evaluator fast"),
+    (["--shortlist", "0"], "--shortlist must be >= 1, got 0"),
+    (["--shortlist-exact-steps", "2"], "--shortlist-exact-steps needs --shortlist"),
+    (["--evaluator", "plain", "--precision", "bf16"], "--precision bf16 needs --evaluator fast"),
+])
+def test_the_selection_checks_are_the_configs_worded_in_flags(argv, message, tmp_path, capsys):
+    """``PruneConfig`` holds these checks once; the script words them in its flags."""
+    err = refused(capsys, prune("resnet34", "--output-dir", str(tmp_path), *argv), message)
+    assert "PruneConfig" not in err and "_" not in err  # no field names (keep_fraction)
+
+
 def test_scratch_max_factor_without_from_scratch_is_refused(tmp_path, capsys):
     refused(capsys, finetune("resnet34", "--output-dir", str(tmp_path), "--scratch-max-factor",
                              "3"), "--scratch-max-factor", "--from-scratch")
@@ -319,8 +338,7 @@ def test_scratch_max_factor_without_from_scratch_is_refused(tmp_path, capsys):
 ])
 def test_a_script_run_as_a_process_exits_2_with_one_line(argv, flag, tmp_path):
     argv = [a.format(tmp=tmp_path) for a in argv]
-    result = subprocess.run([sys.executable, *argv], cwd=ROOT, capture_output=True, text=True,
-                            timeout=300)
+    result = run_script(*argv, expect=2, timeout=300)
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert f"argument {flag}" in result.stderr
