@@ -1,4 +1,4 @@
-"""Candidate evaluators: the inner loop of Algorithm 1, and the one contract they all follow.
+"""Candidate evaluators: the inner loop of Algorithm 1, and the contracts they follow.
 
 At each greedy step, for every candidate channel k of the unit being selected, Algorithm 1 needs
 the loss l_k of the network whose layer is f_{S + {k}} on the step's mini-batch. An evaluator
@@ -6,14 +6,22 @@ computes those losses; the selector only compares them. Any evaluator that retur
 numbers can replace another without the selector noticing, which is how faster evaluators are
 swapped in.
 
-``CandidateEvaluator`` is the whole contract: ``losses`` is required; ``removal_losses`` and
-``linear_scores`` are optional capabilities. Code that needs an optional one checks it up front
-with ``require`` (or asks ``supports``), the only place capabilities are checked, so a bad
-combination fails before any work. Wrappers (``CandidatePartition``, ``ShortlistEvaluator``)
-have an optional method only when what they wrap has it, so ``supports`` answers truthfully for
-them too.
+``CandidateEvaluator`` is the whole contract callers see: ``losses`` is required;
+``removal_losses`` and ``linear_scores`` are optional capabilities. Code that needs an optional
+one checks it up front with ``require`` (or asks ``supports``), the only place capabilities are
+checked, so a bad combination fails before any work. Wrappers (``CandidatePartition``,
+``ShortlistEvaluator``) have an optional method only when what they wrap has it, so ``supports``
+answers truthfully for them too.
+
+``TrialEvaluator`` is the contract an exact evaluator implements: it owns the loop over the
+candidates (both directions, chunked, one host read per step) and asks its subclass, through the
+one abstract method ``trials``, only how a chunk of candidates' losses is computed.
+``PlainEvaluator`` and the evaluators of ``pruning.fast_evaluators`` are ``TrialEvaluator``s.
 """
 
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
 
 import torch
@@ -108,7 +116,86 @@ def require(evaluator: object, capability: str, purpose: str) -> None:
                          f"({CAPABILITIES[capability]})")
 
 
-class PlainEvaluator:
+#: What ``TrialEvaluator.trials`` yields: the losses of one chunk of candidates, and the most
+#: candidates a chunk may hold
+Trials = tuple[Callable[[torch.Tensor], torch.Tensor], int]
+
+
+class TrialEvaluator(ABC):
+    """The candidate loop of Algorithm 1's step, written once for every exact evaluator.
+
+    An exact evaluator's ``losses`` tries each candidate k: the network with the unit's counts
+    moved by one, ``counts + e_k`` (forward selection) or ``counts - e_k`` (``removal_losses``,
+    backward elimination), on the step's batch. This class walks the candidates chunk by chunk,
+    in eval mode, without autograd, in IEEE float32 (``pruning.precision``), and reads all the
+    step's losses back from the device at once, as ``CandidateEvaluator`` requires. A subclass
+    says only how one chunk's losses are computed, in ``trials``, and has ``self.model``.
+    """
+
+    model: nn.Module
+
+    def losses(
+        self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
+        """Loss with ``counts + e_k`` for each k in ``candidates`` (greedy forward selection)."""
+        return self._scan(unit, counts, candidates, batch, +1)
+
+    def removal_losses(
+        self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch
+    ) -> torch.Tensor:
+        """Loss with ``counts - e_k`` for each k: the score of greedy backward elimination."""
+        return self._scan(unit, counts, candidates, batch, -1)
+
+    @torch.no_grad()
+    @exact
+    def _scan(
+        self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch, sign: int
+    ) -> torch.Tensor:
+        self.model.eval()
+        on_device = candidates.to(batch[0].device)  # one copy, not one per chunk
+        with self.trials(unit, counts, sign, batch) as (chunk_losses, size):
+            parts = [chunk_losses(on_device[start:start + size])
+                     for start in range(0, len(on_device), size)]
+        return torch.cat(parts).cpu() if parts else torch.empty(0, dtype=torch.float64)
+
+    @abstractmethod
+    def trials(
+        self, unit: Unit, counts: torch.Tensor, sign: int, batch: Batch
+    ) -> AbstractContextManager[Trials]:
+        """Set up one step's trials of ``counts + sign * e_k`` and yield ``(chunk_losses, size)``.
+
+        ``unit``, ``counts`` (long, CPU) and ``batch`` (``(x, y)`` on the model's device) are
+        those of the ``CandidateEvaluator`` call; ``sign`` is +1 (``losses``) or -1
+        (``removal_losses``). Work shared by all candidates (a cached prefix, the step's hidden
+        channels) is done on entry. ``chunk_losses(ks)``, for ``ks`` a non-empty chunk of at most
+        ``size`` candidate indices (long, on the batch's device), returns their mean
+        cross-entropies on ``batch`` as float64 of shape ``ks.shape`` on that device, without
+        reading the device. The unit's mask is ``counts`` on exit whenever it was on entry.
+        """
+
+
+@contextmanager
+def masked_trials(
+    masks: Masks, unit: Unit, trial: torch.Tensor, sign: int, loss: Callable[[], torch.Tensor]
+) -> Iterator[Trials]:
+    """``TrialEvaluator.trials`` through the masks' hooks: each candidate's counts are installed
+    in turn, one per chunk (the masks hold one selection at a time), and ``loss()`` (a float64
+    tensor of shape (1,)) is the network's loss as installed. ``trial`` is the caller's copy of
+    the counts on the batch's device, edited in place there: no host sync per candidate.
+    """
+
+    def chunk_losses(ks: torch.Tensor) -> torch.Tensor:
+        trial[ks] += sign
+        masks.set_counts(unit.name, trial)
+        result = loss()
+        trial[ks] -= sign
+        return result
+
+    yield chunk_losses, 1
+    masks.set_counts(unit.name, trial)
+
+
+class PlainEvaluator(TrialEvaluator):
     """One full forward pass of the whole network per candidate, as the released code does.
 
     Exact and architecture-free, so it is the reference every faster evaluator is tested against:
@@ -120,32 +207,9 @@ class PlainEvaluator:
         self.model = model
         self.masks = masks
 
-    def losses(
-        self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch
-    ) -> torch.Tensor:
-        return self._trial_losses(unit, counts, candidates, batch, +1)
-
-    def removal_losses(
-        self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch
-    ) -> torch.Tensor:
-        """Loss with ``counts - e_k`` for each k: the score of greedy backward elimination."""
-        return self._trial_losses(unit, counts, candidates, batch, -1)
-
-    @torch.no_grad()
-    @exact
-    def _trial_losses(
-        self, unit: Unit, counts: torch.Tensor, candidates: torch.Tensor, batch: Batch, delta: int
-    ) -> torch.Tensor:
+    def trials(
+        self, unit: Unit, counts: torch.Tensor, sign: int, batch: Batch
+    ) -> AbstractContextManager[Trials]:
         x, y = batch
-        self.model.eval()
-        trial = counts.to(x.device, copy=True)  # edited there: no host sync per candidate
-        result = []
-        for k in candidates.tolist():
-            trial[k] += delta
-            self.masks.set_counts(unit.name, trial)
-            result.append(F.cross_entropy(self.model(x).float(), y))
-            trial[k] -= delta
-        self.masks.set_counts(unit.name, trial)
-        if not result:
-            return torch.empty(0, dtype=torch.float64)
-        return torch.stack(result).double().cpu()
+        return masked_trials(self.masks, unit, counts.to(x.device, copy=True), sign,
+                             lambda: F.cross_entropy(self.model(x).float(), y).double().view(1))

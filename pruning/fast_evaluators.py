@@ -29,25 +29,25 @@ Where to cut the network is architecture knowledge: it comes in as a ``UnitSplit
 (declared by each family in ``models/``; the contract is in ``pruning.units``), so this module
 stays model-agnostic. ``FastEvaluator`` also gives the first-order (Frank-Wolfe) score of every
 candidate from one backward pass, which ``pruning.shortlist`` uses to evaluate only the most
-promising candidates exactly.
+promising candidates exactly. The loop over a step's candidates is
+``pruning.evaluators.TrialEvaluator``'s; each evaluator here says only how a chunk is scored.
 """
 
 from collections.abc import Iterator
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pruning.evaluators import TrialEvaluator, Trials, masked_trials
 from pruning.masks import Masks, mixing_weights
 from pruning.metrics import Batch
 from pruning.precision import exact
 from pruning.units import Splitter, Unit, UnitSplit
 
 Tensor = torch.Tensor
-
-
 
 
 def stacked_losses(logits: Tensor, y: Tensor) -> Tensor:
@@ -58,17 +58,7 @@ def stacked_losses(logits: Tensor, y: Tensor) -> Tensor:
     return per_sample.view(copies, y.shape[0]).mean(1).double()
 
 
-def _to_host(parts: list[Tensor]) -> Tensor:
-    """One step's losses as a float64 CPU tensor: the only device-to-host read of a step."""
-    return torch.cat(parts).cpu() if parts else torch.empty(0, dtype=torch.float64)
-
-
-def _chunks(candidates: Tensor, size: int) -> Iterator[Tensor]:
-    for start in range(0, len(candidates), size):
-        yield candidates[start:start + size]
-
-
-class PrefixCachedEvaluator:
+class PrefixCachedEvaluator(TrialEvaluator):
     """Speed-up 1 alone: the block's input once per step, then the plain network from there.
 
     Each candidate still runs its whole block and everything after it through the ``Masks``
@@ -79,22 +69,13 @@ class PrefixCachedEvaluator:
     def __init__(self, model: nn.Module, masks: Masks, splits: Splitter):
         self.model, self.masks, self.splits = model, masks, splits
 
-    @torch.no_grad()
-    @exact
-    def losses(self, unit: Unit, counts: Tensor, candidates: Tensor, batch: Batch) -> Tensor:
+    def trials(self, unit: Unit, counts: Tensor, sign: int,
+               batch: Batch) -> AbstractContextManager[Trials]:
         x, y = batch
-        self.model.eval()
         split = self.splits(unit)
         z = split.prefix(x)
-        trial = counts.to(x.device, copy=True)  # edited there: no host sync per candidate
-        parts = []
-        for k in candidates.tolist():
-            trial[k] += 1
-            self.masks.set_counts(unit.name, trial)
-            parts.append(stacked_losses(split.rest(z), y))
-            trial[k] -= 1
-        self.masks.set_counts(unit.name, trial)
-        return _to_host(parts)
+        return masked_trials(self.masks, unit, counts.to(x.device, copy=True), sign,
+                             lambda: stacked_losses(split.rest(z), y))
 
 
 @dataclass
@@ -108,7 +89,7 @@ class _Step:
     pooled: Tensor | None  # h's spatial mean (B, N, 1, 1), for a gated unit only
 
 
-class FastEvaluator:
+class FastEvaluator(TrialEvaluator):
     """Speed-ups 1-3: cached prefix, additive candidate updates, candidates batched.
 
     ``samples_per_pass`` bounds the samples of one tail forward: floor(samples_per_pass / B)
@@ -224,39 +205,31 @@ class FastEvaluator:
         single = single.unflatten(1, (c, -1)) + base.unsqueeze(1)  # (B, c, Cout, H', W')
         return (single * scale).transpose(0, 1).flatten(0, 1)
 
-    def losses(self, unit: Unit, counts: Tensor, candidates: Tensor, batch: Batch) -> Tensor:
-        """Loss with ``counts + e_k`` for each candidate k (greedy forward selection)."""
-        return self._trial_losses(unit, counts, candidates, batch, +1)
-
-    def removal_losses(self, unit: Unit, counts: Tensor, candidates: Tensor,
-                       batch: Batch) -> Tensor:
-        """Loss with ``counts - e_k`` for each k (greedy backward elimination): the same update
-        with the sign of the contribution and |S| - 1 in the scale."""
-        return self._trial_losses(unit, counts, candidates, batch, -1)
-
-    @torch.no_grad()
-    @exact  # matters without ``amp``; under bf16 autocast convolutions are bf16 anyway
-    def _trial_losses(self, unit: Unit, counts: Tensor, candidates: Tensor, batch: Batch,
-                      sign: int) -> Tensor:
+    @contextmanager
+    def trials(self, unit: Unit, counts: Tensor, sign: int, batch: Batch) -> Iterator[Trials]:
+        """The additive (or re-gated) update of each chunk's candidates, then one tail forward
+        for the chunk, under ``amp`` autocast when set (IEEE float32 otherwise, the base
+        class's ``exact``). Backward elimination is the same update with the sign of the
+        contribution and |S| - 1 in the scale."""
         device = batch[0].device
         with self._autocast(device):
             step = self._prepare(unit, batch)
-            gated = step.pooled is not None
-            if not gated:
+            if step.pooled is not None:
+                def consumer(ks: Tensor) -> Tensor:
+                    return self._gated_candidates(step, counts, sign, ks)
+            else:
                 base = self._mix(step, counts.to(device, torch.float32))
-            total = int(counts.sum()) + sign
-            scale = unit.size / total if total > 0 else 0.0  # nothing left: the unit gives 0
-            per_pass = max(1, self.samples_per_pass // step.y.shape[0])
-            parts = []
-            for ks in _chunks(candidates.to(device), per_pass):
-                if gated:
-                    out = self._gated_candidates(step, counts, sign, ks)
-                else:
-                    out = self._contributions(step, base, scale, sign, ks)
-                out = self._with_bias(step, out)
-                parts.append(stacked_losses(step.split.tail(step.skip, self._layout(out)),
-                                            step.y))
-        return _to_host(parts)
+                total = int(counts.sum()) + sign
+                scale = unit.size / total if total > 0 else 0.0  # nothing left: the unit gives 0
+
+                def consumer(ks: Tensor) -> Tensor:
+                    return self._contributions(step, base, scale, sign, ks)
+
+            def chunk_losses(ks: Tensor) -> Tensor:
+                out = self._with_bias(step, consumer(ks))
+                return stacked_losses(step.split.tail(step.skip, self._layout(out)), step.y)
+
+            yield chunk_losses, max(1, self.samples_per_pass // step.y.shape[0])
 
     @exact
     def linear_scores(self, unit: Unit, counts: Tensor, candidates: Tensor,
