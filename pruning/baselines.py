@@ -29,7 +29,7 @@ def producing_conv(model: nn.Module, unit: Unit) -> nn.Conv2d:
     """The conv whose filters make the unit's channels, as the unit declares it
     (``Unit.producer``: MobileNetV2's expand conv, ResNet's conv1, a block's projection conv)."""
     if unit.producer is None:
-        raise ValueError(f"--method magnitude: unit {unit.name} declares no producer conv")
+        raise ValueError(f"method 'magnitude': unit {unit.name} declares no producer conv")
     conv = model.get_submodule(unit.producer)
     if not isinstance(conv, nn.Conv2d):
         raise TypeError(f"unit {unit.name}: producer {unit.producer} is not a convolution")
@@ -54,7 +54,7 @@ def fixed_size_counts(
     elif method == "uniform":
         keep = torch.arange(k)
     else:
-        raise ValueError(f"--method: expected one of {FIXED_SIZE_METHODS}, got {method!r}")
+        raise ValueError(f"method: expected one of {FIXED_SIZE_METHODS}, got {method!r}")
     counts = torch.zeros(unit.size, dtype=torch.long)
     counts[keep] = 1
     return counts

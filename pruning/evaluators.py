@@ -88,7 +88,7 @@ class CandidateEvaluator(Protocol):
 
 # The optional capabilities: what each is for, and which evaluators have it.
 CAPABILITIES = {
-    "removal_losses": "PlainEvaluator and FastEvaluator have it",
+    "removal_losses": "PlainEvaluator, PrefixCachedEvaluator and FastEvaluator have it",
     "linear_scores": "FastEvaluator has it",
 }
 
@@ -109,7 +109,7 @@ def supports(evaluator: object, capability: str) -> bool:
 
 def require(evaluator: object, capability: str, purpose: str) -> None:
     """``ValueError`` unless ``evaluator`` ``supports`` ``capability``; ``purpose`` names what
-    needs it, e.g. ``require(evaluator, "removal_losses", "--method backward")``."""
+    needs it, e.g. ``require(evaluator, "removal_losses", "backward elimination")``."""
     if not supports(evaluator, capability):
         raise ValueError(f"{purpose} needs an evaluator with {capability}; "
                          f"{type(evaluator).__name__} does not have it "

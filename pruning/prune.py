@@ -28,7 +28,8 @@ from pruning.fast_evaluators import FastEvaluator, default_samples_per_pass
 from pruning.masks import Masks
 from pruning.metrics import Batch, SubsetMeasure, loss_and_top1
 from pruning.precision import CANDIDATE_PRECISIONS, exact_float32
-from pruning.selection import BACKWARD, FORWARD, SelectionSettings, StepLog, layer_by_layer
+from pruning.selection import (BACKWARD, BACKWARD_NEEDS, FORWARD, SelectionSettings, StepLog,
+                               layer_by_layer)
 from pruning.shortlist import ShortlistEvaluator
 from pruning.verify import verify_slim
 from pruning.stop import (LossGap, MatchKept, Measure, MaxFraction, StopRule, Top1Tolerance,
@@ -210,7 +211,7 @@ def build_evaluator(config: PruneConfig, model: nn.Module, masks: Masks,
     if config.shortlist is not None:
         evaluator = ShortlistEvaluator(evaluator, config.shortlist, config.exact_steps)
     if config.method == "backward":
-        require(evaluator, "removal_losses", "--method backward")
+        require(evaluator, "removal_losses", BACKWARD_NEEDS)
     return evaluator
 
 

@@ -48,7 +48,7 @@ class SelectionSettings:
     def __post_init__(self):
         if self.candidates is not None and self.candidates < 1:
             raise ValueError(
-                f"--candidates must be >= 1 (or omitted for all), got {self.candidates}")
+                f"candidates must be >= 1 (or None for all), got {self.candidates}")
 
 
 def unit_seed(seed: int, unit_index: int) -> int:
@@ -139,7 +139,7 @@ class Direction:
 
 FORWARD = Direction("forward", 0, +1, "losses", "the best candidate's loss")
 BACKWARD = Direction("backward", 1, -1, "removal_losses", "the best removal's loss")
-BACKWARD_NEEDS = "greedy backward elimination (--method backward)"
+BACKWARD_NEEDS = "greedy backward elimination (method='backward')"
 
 
 def search_unit(

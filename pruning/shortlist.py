@@ -47,10 +47,10 @@ class ShortlistEvaluator:
 
     def __init__(self, inner: CandidateEvaluator, k: int, exact_steps: int = 0):
         if k < 1:
-            raise ValueError(f"--shortlist must be >= 1, got {k}")
+            raise ValueError(f"shortlist must be >= 1, got {k}")
         if exact_steps < 0:
             raise ValueError(f"exact_steps must be >= 0, got {exact_steps}")
-        require(inner, "linear_scores", "--shortlist (the first-order ranking)")
+        require(inner, "linear_scores", "a shortlist (its first-order ranking)")
         self.inner, self.k, self.exact_steps = inner, k, exact_steps
 
     def exact(self, counts: torch.Tensor, candidates: torch.Tensor) -> bool:

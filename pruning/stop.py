@@ -69,7 +69,7 @@ class StopRule:
 class LossGap(StopRule):
     def __init__(self, epsilon: float, dense_loss: float, measure: Measure):
         if not epsilon > 0:
-            raise ValueError(f"--epsilon must be > 0, got {epsilon}")
+            raise ValueError(f"epsilon must be > 0, got {epsilon}")
         self.epsilon, self.dense_loss, self.measure = epsilon, dense_loss, measure
 
     def done(self, unit: Unit, counts: torch.Tensor) -> bool:
@@ -81,7 +81,7 @@ class LossGap(StopRule):
 class Top1Tolerance(StopRule):
     def __init__(self, tol: float, measure: Measure):
         if not 0 <= tol < 1:
-            raise ValueError(f"--top1-tol must be in [0, 1), got {tol}")
+            raise ValueError(f"top1_tol must be in [0, 1), got {tol}")
         self.tol, self.measure = tol, measure
         self.reference = 0.0
 
@@ -97,7 +97,7 @@ class Top1Tolerance(StopRule):
 class MaxFraction(StopRule):
     def __init__(self, fraction: float):
         if not 0 < fraction <= 1:
-            raise ValueError(f"--keep-fraction must be in (0, 1], got {fraction}")
+            raise ValueError(f"keep_fraction must be in (0, 1], got {fraction}")
         self.fraction = fraction
 
     def target(self, unit: Unit) -> int:

@@ -19,7 +19,7 @@ from pruning.selection import SelectionSettings, greedy_forward_selection, unit_
 from pruning.shortlist import ShortlistEvaluator
 from pruning.stop import LossGap, MatchKept, MaxFraction, StopRule
 from pruning.units import ChannelSpace, Unit
-from tests.unit.test_engine import Recorder, brute_force_loss, tiny_net, tiny_units
+from tests.support.nets import Recorder, brute_force_loss, tiny_net, tiny_units
 
 
 def test_backward_elimination_removes_the_brute_force_argmin_each_step():
@@ -106,8 +106,8 @@ def test_a_missing_capability_fails_up_front_naming_what_needs_it():
     masks = Masks(net, units)
     plain = PlainEvaluator(net, masks)
     batches = Recorder(seed=3)
-    message = ("--method backward.* needs an evaluator with removal_losses; LossesOnly does not "
-               "have it \\(PlainEvaluator and FastEvaluator have it\\)")
+    message = ("method='backward'.* needs an evaluator with removal_losses; LossesOnly does "
+               "not have it \\(PlainEvaluator, PrefixCachedEvaluator and FastEvaluator have it\\)")
     for evaluator in (LossesOnly(plain), CandidatePartition(LossesOnly(plain))):
         with pytest.raises(ValueError, match=message.replace("LossesOnly", ".*")):
             backward_elimination(units, masks, evaluator, batches, MaxFraction(0.5),
@@ -116,11 +116,11 @@ def test_a_missing_capability_fails_up_front_naming_what_needs_it():
     assert all(bool((w == 1).all()) for w in masks.weights.values())
     with pytest.raises(ValueError, match=message):
         require(LossesOnly(plain), "removal_losses", "greedy backward elimination "
-                "(--method backward)")
-    with pytest.raises(ValueError, match="--shortlist.*linear_scores; PlainEvaluator .*"
+                "(method='backward')")
+    with pytest.raises(ValueError, match="shortlist.*linear_scores; PlainEvaluator .*"
                                          "FastEvaluator has it"):
         ShortlistEvaluator(plain, 4)
-    with pytest.raises(ValueError, match="--shortlist.*linear_scores; CandidatePartition"):
+    with pytest.raises(ValueError, match="shortlist.*linear_scores; CandidatePartition"):
         ShortlistEvaluator(CandidatePartition(plain), 4)
     short = ShortlistEvaluator(FastEvaluator(net, splits=None), 2)
     with pytest.raises(ValueError, match="removal_losses; ShortlistEvaluator"):
