@@ -8,9 +8,7 @@ prefetch) are here too, next to the modes that measure them.
 import importlib.util
 import math
 import re
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,9 +23,10 @@ from pruning.selection import BatchStream, SelectionSettings, greedy_forward_sel
 from pruning.shortlist import ShortlistEvaluator
 from pruning.stop import MaxFraction
 from tests.support.device_audit import META, DeviceAudit
-from tests.unit.test_fast_evaluators import Batches, batch, make_model
+from tests.support import ROOT
+from tests.support.cli import run_script
+from tests.support.nets import Batches, batch, make_model
 
-ROOT = Path(__file__).resolve().parents[2]
 TINY = ["--device", "cpu", "--quick"]
 UNITS = {"mobilenet_v2": ("features.2.hidden", "features.9.hidden", "features.17.hidden"),
          "resnet34": ("layer1.0.inner", "layer3.0.inner", "layer4.2.inner")}
@@ -43,10 +42,7 @@ def parse_row(line: str) -> tuple:
 
 
 def test_bench_select_prints_every_rung_of_every_unit_and_the_summary_lines():
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_select.py"), *TINY],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
+    lines = run_bench()
     assert lines[0].startswith("Greedy step time, 16 px, batch 2, device: cpu")
     rows = [parse_row(line) for line in lines[2:-2]]
     assert [r[:3] for r in rows] == [(arch, unit, rung) for arch, units in UNITS.items()
@@ -82,10 +78,7 @@ def bench_whole():
 
 
 def run_bench(*flags: str) -> list[str]:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_select.py"), *TINY,
-                             *flags], capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout.strip().splitlines()
+    return run_script("scripts/bench_select.py", *TINY, *flags).stdout.strip().splitlines()
 
 
 def test_whole_estimates_every_unit_through_the_prune_script_and_prints_the_totals():

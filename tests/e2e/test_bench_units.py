@@ -7,14 +7,13 @@ Nothing here asserts a speed or a ranking quality: those belong to the benchmark
 import importlib.util
 import json
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import ROOT
+from tests.support.cli import run_script
+
 SCRIPT = ROOT / "scripts" / "bench_units.py"
 
 
@@ -33,10 +32,8 @@ def finite(*values) -> bool:
 
 def test_quick_run_writes_both_unit_kinds_with_finite_numbers_and_fast_equals_plain(tmp_path):
     out = tmp_path / "units.json"
-    env = {**os.environ, "MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
-    result = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--out", str(out)],
-                            capture_output=True, text=True, cwd=ROOT, env=env, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script(SCRIPT, "--quick", "--out", out,
+                        env={"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"})
     lines = result.stdout.splitlines()
     assert lines[0].startswith("Gated vs additive units: MobileNetV3-Small w1.0")
     assert "precision: IEEE float32" in lines[1] and f"torch {torch.__version__}" in lines[1]

@@ -6,14 +6,11 @@ one bit for bit, and only rank 0 may write the outputs.
 """
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 from scripts.runner import prune_cli
 from pruning.checkpoint import load
+from tests.support.cli import run_script
 
-ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["--dataset", "synthetic", "--synthetic-images", "160", "--eval-images", "20",
         "--batch-size", "8", "--eval-batch-size", "20", "--workers", "0", "--no-progress",
         "--candidates", "2", "--device", "cpu", "--image-size", "16", "--stop", "fraction",
@@ -22,11 +19,7 @@ ARGS = ["--dataset", "synthetic", "--synthetic-images", "160", "--eval-images", 
 
 def test_torchrun_with_two_ranks_prunes_like_one_process(tmp_path):
     shared, single = tmp_path / "two_ranks", tmp_path / "one_process"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               "--nproc_per_node=2", str(ROOT / "resnet34_prune.py"), *ARGS,
-               "--output-dir", str(shared)]
-    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_script("resnet34_prune.py", *ARGS, "--output-dir", shared, torchrun=2)
     # both ranks finished (torchrun's exit code); only rank 0 printed
     assert result.stdout.count("wrote") == 1 and result.stdout.count("dense: loss") == 1
     reference = prune_cli.run("resnet34", [*ARGS, "--output-dir", str(single)])

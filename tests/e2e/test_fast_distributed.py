@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from tests.unit.test_fast_evaluators import Batches, batch, make_model, select_some
+from tests.support.nets import Batches, batch, make_model, select_some
 
 import models
 from models import splitter

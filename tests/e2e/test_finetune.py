@@ -10,10 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -29,8 +26,9 @@ from pruning.checkpoint import Checkpoint, load, save, save_atomic, selection_cf
 from scripts.runner.arguments import plain
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
+from tests.support import ROOT
+from tests.support.cli import run_script
 
-ROOT = Path(__file__).resolve().parents[2]
 ARCH = "mobilenet_v2"
 COMMON = [
     "--dataset", "synthetic", "--synthetic-images", "96", "--synthetic-val-images", "48",
@@ -293,7 +291,7 @@ def _other_arch_checkpoint(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("argv,env,message", [
-    (["--pruned", "{other}"], {}, "checkpoint is for resnet34, this script trains mobilenet_v2"),
+    (["--pruned", "{other}"], {}, "checkpoint is for resnet34, this run is for mobilenet_v2"),
     (["--batch-size", "10"], {"WORLD_SIZE": "4", "RANK": "0"},
      "--batch-size 10 is not divisible by world size 4"),
     (["--dataset", "imagenet", "--data-path", "{tmp}/missing"], {}, "--data-path"),
@@ -332,11 +330,9 @@ def _resolved(argv: list[str]):
 
 
 def test_script_prints_error_without_traceback(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "mobile2_finetune.py", "--dataset", "imagenet", "--data-path",
-         str(tmp_path / "missing"), "--output-dir", str(tmp_path / "out"), "--device", "cpu"],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
+    result = run_script("mobile2_finetune.py", "--dataset", "imagenet", "--data-path",
+                        tmp_path / "missing", "--output-dir", tmp_path / "out", "--device", "cpu",
+                        expect=2, timeout=120)
     assert result.returncode == 2
     assert result.stderr.startswith("error: --data-path") and "Traceback" not in result.stderr
 
@@ -367,14 +363,9 @@ def test_two_gloo_processes_stay_identical(tmp_path):
     worker = tmp_path / "worker.py"
     worker.write_text(WORKER)
     out = tmp_path / "ddp"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(worker), str(tmp_path), "--epochs", "2", "--width", "0.5", "--lr", "0.05",
-         "--output-dir", str(out), *COMMON],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
-    )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    result = run_script(worker, tmp_path, "--epochs", "2", "--width", "0.5", "--lr", "0.05",
+                        "--output-dir", out, *COMMON, torchrun=2, timeout=180,
+                        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
     for key, value in rank0["state"].items():
         assert torch.equal(value, rank1["state"][key]), key

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from tests.support import ROOT
+
+sys.path.insert(0, str(ROOT / "scripts"))
 
 import gpu_check  # noqa: E402
 from gpu_check import Check, CheckFailed, Context, Outcome  # noqa: E402

@@ -10,23 +10,26 @@ launcher's table.md and compares it with the summary.json of the run it names.
 
 from __future__ import annotations
 
+import importlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from scripts import launch
+from tests.support import ROOT
+from tests.support.cli import run_main, run_script
 
-ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
 
 
-def run_script(name: str, *argv: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / name), *argv],
-                            capture_output=True, text=True, cwd=ROOT, timeout=900)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+def dry_run(capsys, script: str, *argv: str) -> str:
+    """``scripts/<script> --dry-run argv`` in this process (a dry run only prints): its stdout."""
+    module = importlib.import_module(script.removesuffix(".py"))
+    result = run_main(capsys, module.launch.main, lambda: module.build(["--dry-run", *argv]))
+    assert result.code == 0, result.err
+    return result.out
 
 
 def table_rows(path: Path, title: str) -> list[dict[str, str]]:
@@ -71,8 +74,8 @@ def common(smoke: dict) -> list[str]:
 
 
 def test_table1_smoke_builds_the_table_from_the_runs(smoke, resnet34):
-    run_script("table1.py", *common(smoke), "--mobilenet-v2-pretrained", smoke["mobilenet_v2"],
-               "--resnet34-pretrained", resnet34)
+    run_script("scripts/table1.py", *common(smoke), "--mobilenet-v2-pretrained",
+               smoke["mobilenet_v2"], "--resnet34-pretrained", resnet34)
     table = smoke["runs"] / "table1" / "table.md"
     for row in table_rows(table, "Epsilon sweep"):
         s = summary(smoke["runs"] / "table1" / row["run"] / "prune")
@@ -118,7 +121,7 @@ def test_table1_smoke_builds_the_table_from_the_runs(smoke, resnet34):
 
 
 def test_table2_smoke_retrains_with_the_scratch_b_budget(smoke):
-    out = run_script("table2.py", *common(smoke), "--mobilenet-v2-pretrained",
+    out = run_script("scripts/table2.py", *common(smoke), "--mobilenet-v2-pretrained",
                      smoke["mobilenet_v2"]).stdout
     rows = table_rows(smoke["runs"] / "table2" / "table.md", "Table 2")
     assert [(r["arch"], r["paper MACs"], r["paper of dense"]) for r in rows] == [
@@ -138,7 +141,8 @@ def test_table2_smoke_retrains_with_the_scratch_b_budget(smoke):
 
 
 def test_table3_smoke_prunes_three_widths(smoke):
-    run_script("table3.py", *common(smoke), "--pretrained", f"0.5={smoke['mobilenet_v2']}")
+    run_script("scripts/table3.py", *common(smoke), "--pretrained",
+               f"0.5={smoke['mobilenet_v2']}")
     rows = table_rows(smoke["runs"] / "table3" / "table.md", "Table 3")
     assert [r["width"] for r in rows] == ["x1.0", "x0.75", "x0.5"]
     dense = [summary(smoke["runs"] / "table3" / r["run"] / "prune")["dense_macs"] for r in rows]
@@ -150,7 +154,7 @@ def test_table3_smoke_prunes_three_widths(smoke):
 
 
 def test_table5_smoke_compares_at_equal_kept_channels(smoke):
-    run_script("table5_backward.py", *common(smoke), "--archs", "mobilenet_v2",
+    run_script("scripts/table5_backward.py", *common(smoke), "--archs", "mobilenet_v2",
                "--mobilenet-v2-pretrained", smoke["mobilenet_v2"])
     rows = table_rows(smoke["runs"] / "table5" / "table.md", "Table 5")
     forward = next(r for r in rows if r["method"].startswith("forward"))
@@ -165,7 +169,7 @@ def test_table5_smoke_compares_at_equal_kept_channels(smoke):
 
 
 def test_pretraining_smoke_prunes_every_snapshot(smoke):
-    run_script("pretraining.py", *common(smoke), "--archs", "mobilenet_v2")
+    run_script("scripts/pretraining.py", *common(smoke), "--archs", "mobilenet_v2")
     base = smoke["runs"] / "pretraining-cifar10"
     rows = table_rows(base / "table.md", "This repository")
     assert [r["training images"] for r in rows] == ["128", "all (256)"]
@@ -187,9 +191,9 @@ def test_pretraining_smoke_prunes_every_snapshot(smoke):
                                                          "--pretrained", "0.5=w.pth"]),
     ("table5_backward.py", []), ("pretraining.py", ["--dataset", "imagenet"]),
 ])
-def test_dry_run_prints_the_full_runs_and_runs_nothing(script, extra, tmp_path):
-    out = run_script(script, "--dry-run", "--data-path", "/data/x", "--runs-dir", str(tmp_path),
-                     "--nproc-per-node", "4", *extra).stdout
+def test_dry_run_prints_the_full_runs_and_runs_nothing(script, extra, tmp_path, capsys):
+    out = dry_run(capsys, script, "--data-path", "/data/x", "--runs-dir", str(tmp_path),
+                  "--nproc-per-node", "4", *extra)
     commands = [line for line in out.splitlines() if line.startswith("$ ")]
     assert commands and all("--data-path /data/x" in c for c in commands)
     assert any("_prune.py" in c for c in commands)
@@ -221,11 +225,11 @@ def test_a_step_as_its_own_process_equals_the_step_run_in_process(smoke, tmp_pat
     assert (a["top1"], a["val_loss"]) == (b["top1"], b["val_loss"])
 
 
-def test_scripts_flags_and_run_folders_are_named_by_the_registry(tmp_path):
+def test_scripts_flags_and_run_folders_are_named_by_the_registry(tmp_path, capsys):
     """No launcher names a family's scripts or flags itself: they follow ``models.get``."""
-    out = run_script("table1.py", "--dry-run", "--data-path", "/data/x", "--runs-dir",
-                     str(tmp_path), "--mobilenet-v2-epsilons", "0.05",
-                     "--resnet34-epsilons", "0.08", "--mobilenet-v2-pretrained", "w.pth").stdout
+    out = dry_run(capsys, "table1.py", "--data-path", "/data/x", "--runs-dir", str(tmp_path),
+                  "--mobilenet-v2-epsilons", "0.05", "--resnet34-epsilons", "0.08",
+                  "--mobilenet-v2-pretrained", "w.pth")
     commands = [line for line in out.splitlines() if line.startswith("$ ")]
     mobilenet = [c for c in commands if "mobile2_prune.py" in c and "--epsilon" in c]
     resnet = [c for c in commands if "resnet34_prune.py" in c and "--epsilon" in c]
@@ -239,13 +243,13 @@ def test_scripts_flags_and_run_folders_are_named_by_the_registry(tmp_path):
         "resnet34_prune.py", "mobile2_finetune.py")
 
 
-def test_the_newer_families_dry_run_with_their_scripts_and_fraction_targets(tmp_path):
+def test_the_newer_families_dry_run_with_their_scripts_and_fraction_targets(tmp_path, capsys):
     """MobileNetV3-Small (torchvision's weights, width 1.0) and ProxylessNAS-Mobile (no
     torchvision weights: a placeholder in a dry run, or the file given) in Tables 1 and 2, with
     the paper's MACs as fractions of its dense counts (49/64, 232/324)."""
-    out = run_script("table1.py", "--dry-run", "--data-path", "/data/x", "--runs-dir",
-                     str(tmp_path), "--archs", "mobilenet_v3_small", "proxylessnas_mobile",
-                     "--mobilenet-v3-small-epsilons", "0.02").stdout
+    out = dry_run(capsys, "table1.py", "--data-path", "/data/x", "--runs-dir", str(tmp_path),
+                  "--archs", "mobilenet_v3_small", "proxylessnas_mobile",
+                  "--mobilenet-v3-small-epsilons", "0.02")
     commands = [line for line in out.splitlines() if line.startswith("$ ")]
     v3 = [c for c in commands if "mobile3_prune.py" in c]
     assert len(v3) == 1 + 5  # the one epsilon given and the five uniform fractions
@@ -262,13 +266,12 @@ def test_the_newer_families_dry_run_with_their_scripts_and_fraction_targets(tmp_
                  "proxylessnas_mobile 240.0M (0.741 of the dense MACs)",
                  "--proxylessnas-mobile-pretrained"):
         assert note in out
-    out = run_script("table1.py", "--dry-run", "--data-path", "/data/x", "--runs-dir",
-                     str(tmp_path), "--archs", "proxylessnas_mobile",
-                     "--proxylessnas-mobile-pretrained", "proxyless_mobile.pth").stdout
+    out = dry_run(capsys, "table1.py", "--data-path", "/data/x", "--runs-dir", str(tmp_path),
+                  "--archs", "proxylessnas_mobile", "--proxylessnas-mobile-pretrained",
+                  "proxyless_mobile.pth")
     assert "--pretrained proxyless_mobile.pth" in out and "_WEIGHTS" not in out
-    out = run_script("table2.py", "--dry-run", "--data-path", "/data/x", "--runs-dir",
-                     str(tmp_path), "--archs", "mobilenet_v3_small",
-                     "--mobilenet-v3-small-epsilons", "0.02").stdout
+    out = dry_run(capsys, "table2.py", "--data-path", "/data/x", "--runs-dir", str(tmp_path),
+                  "--archs", "mobilenet_v3_small", "--mobilenet-v3-small-epsilons", "0.02")
     assert [c for c in out.splitlines() if c.startswith("$ ")] == [  # Table 1's sweep, shared
         c for c in commands if "mobile3_prune.py" in c and "--epsilon " in c]
     assert "mobilenet_v3_small 49.0M (0.766 of the dense MACs)" in out
@@ -279,10 +282,8 @@ def test_a_full_run_without_proxylessnas_weights_is_refused_before_any_step(tmp_
     """torchvision has no ProxylessNAS-Mobile weights: a full run is refused up front (exit 2),
     not after the other families' runs."""
     (tmp_path / "data").mkdir()
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "table1.py"), "--data-path",
-                             str(tmp_path / "data"), "--runs-dir", str(tmp_path / "runs")],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    result = run_script("scripts/table1.py", "--data-path", tmp_path / "data", "--runs-dir",
+                        tmp_path / "runs", expect=2, timeout=300)
     assert "give the pretrained ProxylessNAS-Mobile weights" in result.stderr
     assert not [line for line in result.stdout.splitlines() if line.startswith("$ ")]
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").rglob("launch.json"))

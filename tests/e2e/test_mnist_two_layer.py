@@ -15,8 +15,9 @@ import torch
 from data import DataError, load_mnist
 from data.mnist import read_idx, write_idx
 from scripts.two_layer import mnist as M
+from tests.support import ROOT
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts"))
 import mnist_two_layer as cli  # noqa: E402
 
 F64 = torch.float64

@@ -2,10 +2,8 @@
 (scripts/runner/latency.py)."""
 
 import json
-import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,8 +12,9 @@ from torch import nn
 from scripts.runner import prune_cli
 from scripts.runner.latency import measure_latency
 from scripts.runner.training import scratch_epochs
+from tests.support import ROOT
+from tests.support.cli import run_main
 
-ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import pipeline  # noqa: E402
@@ -87,19 +86,14 @@ def test_every_prune_summary_carries_the_latency(tmp_path):
 # -- the pipeline at tiny size ----------------------------------------------------------------
 
 
-def _pipeline(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "pipeline.py"), *argv],
-                          capture_output=True, text=True, cwd=ROOT, timeout=600)
-
-
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    """``pipeline.py --quick`` once for the tests below (about a minute on 2 cores)."""
-    out = tmp_path_factory.mktemp("pipeline") / "out"
-    start = time.perf_counter()
-    result = _pipeline("--quick", "--out", str(out))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return out, result, time.perf_counter() - start
+def quick_run(early_runs):
+    """``pipeline.py --quick`` once for the tests below (about two minutes on 2 cores), as a
+    process started with the tier (tests/e2e/conftest.py): its folder, the ended process and
+    its wall time."""
+    run = early_runs["pipeline"]
+    result = run.result()
+    return run.folder / "out", result, run.seconds
 
 
 def test_quick_pipeline_writes_the_table_json_and_figure(quick_run):
@@ -150,12 +144,13 @@ def test_quick_pipeline_orderings_that_hold_at_tiny_size(quick_run):
     assert m["greedy"]["top1_after"] > mb["scratch"]["top1"]
 
 
-def test_quick_pipeline_refuses_an_earlier_run_and_resumes_it(quick_run):
+def test_quick_pipeline_refuses_an_earlier_run_and_resumes_it(quick_run, capsys):
+    """In this process (``quick_run`` is the pipeline as a process)."""
     out, _, _ = quick_run
-    refused = _pipeline("--quick", "--out", str(out))
-    assert refused.returncode != 0 and "--resume" in refused.stderr
-    resumed = _pipeline("--quick", "--out", str(out), "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    refused = run_main(capsys, pipeline.main, ["--quick", "--out", str(out)])
+    assert refused.code != 0 and "--resume" in refused.err
+    resumed = run_main(capsys, pipeline.main, ["--quick", "--out", str(out), "--resume"])
+    assert resumed.code == 0, resumed.err[-3000:]
     log = (out / "mobilenet_v2" / "log.txt").read_text()
     assert "# done, skipped: scratch-greedy" in log
     assert len(json.loads((out / "invocations.json").read_text())) == 2

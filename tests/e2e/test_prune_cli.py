@@ -2,8 +2,6 @@
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,23 +9,35 @@ import torch
 import models
 from scripts.runner import prune_cli
 from pruning.checkpoint import load
+from tests.support.cli import run_main, run_script, start_script, tiny
 
-ROOT = Path(__file__).resolve().parents[2]
-TINY = ["--dataset", "synthetic", "--synthetic-images", "160", "--eval-images", "40",
-        "--batch-size", "16", "--eval-batch-size", "40", "--workers", "0", "--no-progress",
-        "--candidates", "3", "--device", "cpu"]
-
-
-def tiny(out: Path, *extra: str) -> list[str]:
-    return [*TINY, "--output-dir", str(out), *extra]
+#: MobileNetV2 x0.5 keeping 5% of every unit: the script's run below and the killed run's
+MOBILE2 = ("--width", "0.5", "--stop", "fraction", "--keep-fraction", "0.05")
 
 
-def test_mobile2_prune_script_writes_a_slim_checkpoint_and_summary(tmp_path):
-    out = tmp_path / "mb"
-    argv = tiny(out, "--width", "0.5", "--stop", "fraction", "--keep-fraction", "0.05")
-    result = subprocess.run([sys.executable, str(ROOT / "mobile2_prune.py"), *argv],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr
+@pytest.fixture(scope="module")
+def mobile2_run(tmp_path_factory):
+    """``mobile2_prune.py`` run once as a process (its folder and the finished process), for
+    the tests of what it wrote and as the uninterrupted run a killed run must equal."""
+    out = tmp_path_factory.mktemp("mobile2") / "mb"
+    return out, run_script("mobile2_prune.py", *tiny(out, *MOBILE2))
+
+
+@pytest.fixture(scope="module")
+def loss_gap_runs(tmp_path_factory):
+    """ResNet34 under the loss-gap rule (epsilon 0.3, 16 px: 123 greedy steps), once with each
+    evaluator: the summaries, each with its pruned.pth's cfg."""
+    runs = {}
+    for evaluator in ("fast", "plain"):
+        out = tmp_path_factory.mktemp("loss-gap") / evaluator
+        runs[evaluator] = prune_cli.run("resnet34", tiny(out, "--epsilon", "0.3", "--image-size",
+                                                         "16", "--evaluator", evaluator))
+        runs[evaluator]["cfg"] = load(out / "pruned.pth")["cfg"]
+    return runs
+
+
+def test_mobile2_prune_script_writes_a_slim_checkpoint_and_summary(mobile2_run):
+    out, result = mobile2_run
     assert "MACs" in result.stdout
     summary = json.loads((out / "summary.json").read_text())
     for key in ("arch", "macs", "params", "dense_macs", "dense_params", "kept", "loss_dense",
@@ -45,12 +55,11 @@ def test_mobile2_prune_script_writes_a_slim_checkpoint_and_summary(tmp_path):
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
-def test_resnet34_prune_runs_with_the_loss_gap_rule(tmp_path):
-    summary = prune_cli.run("resnet34", tiny(tmp_path / "rn", "--epsilon", "0.5",
-                                             "--image-size", "16"))
+def test_resnet34_prune_runs_with_the_loss_gap_rule(loss_gap_runs):
+    summary = loss_gap_runs["fast"]
     assert summary["arch"] == "resnet34" and summary["macs"] < summary["dense_macs"]
     assert len(summary["kept"]) == 16
-    # with a loose epsilon on an untrained network every unit stops early
+    # on an untrained network every unit stops early, each within epsilon of the dense loss
     assert summary["loss_pruned_masked"] - summary["loss_dense"] < 0.5 * 16
 
 
@@ -100,7 +109,7 @@ def test_resume_after_an_interruption_ends_with_the_same_selection(tmp_path, mon
     (["--device", "cuda:0"], "--device"),
     (["--candidates", "0"], "--candidates"),
     (["--keep-fraction", "1.5"], "--keep-fraction"),
-    (["--shortlist-exact-steps", "4"], "--shortlist-exact-steps needs --shortlist K"),
+    (["--shortlist-exact-steps", "4"], "--shortlist-exact-steps needs --shortlist$"),
     (["--shortlist", "2", "--shortlist-exact-steps", "-1"], "--shortlist-exact-steps must be"),
 ])
 def test_bad_arguments_are_refused_by_name(tmp_path, extra, message):
@@ -122,9 +131,8 @@ def test_missing_or_empty_data_folder_is_refused(tmp_path):
 def test_pretrained_file_of_another_architecture_fails_fast_with_a_clear_message(tmp_path):
     weights = tmp_path / "resnet34.pth"
     torch.save(models.build("resnet34", num_classes=10).state_dict(), weights)
-    argv = tiny(tmp_path / "o", "--pretrained", str(weights))
-    result = subprocess.run([sys.executable, str(ROOT / "mobile2_prune.py"), *argv],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
+    result = run_script("mobile2_prune.py", *tiny(tmp_path / "o", "--pretrained", str(weights)),
+                        expect=None, timeout=300)
     assert result.returncode != 0
     assert result.stderr.startswith("error:") and "Traceback" not in result.stderr
     assert "mobilenet_v2" in result.stderr and "unexpected" in result.stderr.lower()
@@ -153,16 +161,16 @@ def test_baseline_methods_from_the_command_line_match_a_greedy_run(tmp_path):
                                            "--match-kept", str(greedy / "pruned.pth")))
 
 
-def test_a_killed_process_resumes_to_the_uninterrupted_selection(tmp_path):
-    """A real SIGKILL mid-run: only completed units survive, --resume finishes identically."""
+def test_a_killed_process_resumes_to_the_uninterrupted_selection(mobile2_run, tmp_path,
+                                                                   capsys):
+    """A real SIGKILL mid-run: only completed units survive, --resume finishes identically
+    (to ``mobile2_run``, the same command run without interruption)."""
     import signal
     import time
 
-    argv = tiny(tmp_path / "killed", "--width", "0.5", "--stop", "fraction",
-                "--keep-fraction", "0.06")
-    script = [sys.executable, str(ROOT / "mobile2_prune.py")]
-    process = subprocess.Popen([*script, *argv], cwd=ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
+    argv = tiny(tmp_path / "killed", *MOBILE2)
+    process = start_script("mobile2_prune.py", *argv, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
     for line in process.stdout:  # kill right after the third unit's checkpoint
         if line.startswith("features.3.hidden: kept"):
             state = tmp_path / "killed" / prune_cli.STATE_FILE
@@ -175,26 +183,18 @@ def test_a_killed_process_resumes_to_the_uninterrupted_selection(tmp_path):
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "pruned.pth").exists()
-    resumed = subprocess.run([*script, *argv, "--resume"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming after" in resumed.stdout
-    prune_cli.run("mobilenet_v2", tiny(tmp_path / "straight", "--width", "0.5", "--stop",
-                                       "fraction", "--keep-fraction", "0.06"))
-    a, b = load(tmp_path / "straight" / "pruned.pth"), load(tmp_path / "killed" / "pruned.pth")
+    resumed = run_main(capsys, prune_cli.main, "mobilenet_v2", argv=[*argv, "--resume"])
+    assert resumed.code == 0, resumed.err
+    assert "resuming after" in resumed.out
+    straight, _ = mobile2_run
+    a, b = load(straight / "pruned.pth"), load(tmp_path / "killed" / "pruned.pth")
     assert a["cfg"] == b["cfg"]
 
 
-def test_fast_and_plain_evaluators_make_the_same_loss_gap_run(tmp_path):
+def test_fast_and_plain_evaluators_make_the_same_loss_gap_run(loss_gap_runs):
     """The whole loss-gap run, fast (candidates from cached prefixes, the stop rule measured from
     each unit's cached block inputs) against plain (full forwards everywhere): same channels."""
-    runs = {}
-    for evaluator in ("fast", "plain"):
-        out = tmp_path / evaluator
-        runs[evaluator] = prune_cli.run("resnet34", tiny(out, "--epsilon", "0.1", "--image-size",
-                                                         "16", "--evaluator", evaluator))
-        runs[evaluator]["cfg"] = load(out / "pruned.pth")["cfg"]
-    fast, plain = runs["fast"], runs["plain"]
+    fast, plain = loss_gap_runs["fast"], loss_gap_runs["plain"]
     assert fast["selections"] == plain["selections"] > 2 * 16  # units stop after several steps
     assert fast["cfg"] == plain["cfg"]
     assert fast["loss_pruned"] == pytest.approx(plain["loss_pruned"], rel=1e-5)
@@ -208,7 +208,7 @@ def test_a_shortlist_exact_for_every_step_selects_what_exact_greedy_selects(tmp_
                                                     "--shortlist-exact-steps", "100"])):
         runs[name] = prune_cli.run("mobilenet_v2", tiny(
             tmp_path / name, "--width", "0.5", "--image-size", "16", "--stop", "fraction",
-            "--keep-fraction", "0.1", *extra))
+            "--keep-fraction", "0.05", *extra))
         runs[name]["cfg"] = load(tmp_path / name / "pruned.pth")["cfg"]
     assert runs["hybrid"]["cfg"] == runs["exact"]["cfg"]
     assert runs["hybrid"]["args"]["shortlist_exact_steps"] == "100"

@@ -22,7 +22,6 @@ import json
 import re
 import runpy
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from functools import cache
@@ -30,9 +29,9 @@ from pathlib import Path
 
 import pytest
 
-# the repository root: the nearest folder above this file with the Makefile (wherever the tests
-# folder puts this file)
-ROOT = next(p for p in Path(__file__).resolve().parents if (p / "Makefile").is_file())
+from tests.support import ROOT
+from tests.support.cli import run_script
+
 README = ROOT / "README.md"
 DOCS = (README, *sorted((ROOT / "docs").glob("*.md")))
 FAMILY_SCRIPTS = tuple(f"{prefix}_{what}.py" for prefix in ("mobile2", "resnet34", "mobile3",
@@ -282,9 +281,8 @@ def options() -> dict[str, list[str] | str]:
     scripts = sorted(s for s in scripts if (ROOT / s).is_file())
     if not scripts:
         return {}
-    result = subprocess.run([sys.executable, __file__, *scripts], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-4000:]
+    # this file as a script (``tests`` importable: the repository root on its path)
+    result = run_script(Path(__file__), *scripts, timeout=300, env={"PYTHONPATH": str(ROOT)})
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

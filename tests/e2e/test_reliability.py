@@ -7,7 +7,6 @@ break the scripts).
 import json
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -20,8 +19,8 @@ from pruning.checkpoint import load, save_atomic
 from pruning.masks import Masks
 from pruning.selection import SelectionSettings, select_unit
 from pruning.stop import MaxFraction, NonFiniteLoss
-from tests.unit.test_engine import tiny_net, tiny_units
-from tests.e2e.test_prune_cli import ROOT, tiny
+from tests.support.cli import run_main, run_script, start_script, tiny
+from tests.support.nets import tiny_net, tiny_units
 
 FINETUNE = ["--dataset", "synthetic", "--synthetic-images", "64", "--synthetic-val-images", "32",
             "--image-size", "16", "--batch-size", "16", "--epochs", "1", "--workers", "0",
@@ -29,7 +28,8 @@ FINETUNE = ["--dataset", "synthetic", "--synthetic-images", "64", "--synthetic-v
 
 
 def prune_argv(out, *extra):
-    return tiny(out, "--image-size", "16", "--stop", "fraction", "--keep-fraction", "0.05",
+    """A ResNet34 run keeping 1% of every unit (1 to 6 channels: 47 greedy steps)."""
+    return tiny(out, "--image-size", "16", "--stop", "fraction", "--keep-fraction", "0.01",
                 *extra)
 
 
@@ -41,21 +41,17 @@ def finished(tmp_path_factory):
     return out
 
 
-def script(name, *argv, **kwargs):
-    return subprocess.run([sys.executable, str(ROOT / name), *argv], capture_output=True,
-                          text=True, cwd=ROOT, timeout=600, **kwargs)
-
-
 # -- a finished prune run is never overwritten silently ------------------------------------------
 
 
 def test_a_finished_prune_run_is_refused_reported_on_resume_and_replaced_on_overwrite(finished,
-                                                                                        tmp_path):
+                                                                                        capsys):
     before = (finished / "pruned.pth").stat().st_mtime_ns
     with pytest.raises(ValueError, match="holds a finished run .* --overwrite"):
         prune_cli.run("resnet34", prune_argv(finished))
-    result = script("resnet34_prune.py", *prune_argv(finished, "--resume", "--epsilon", "0.3"))
-    assert result.returncode == 0 and "finished run" in result.stdout
+    result = run_main(capsys, prune_cli.main, "resnet34",
+                      argv=prune_argv(finished, "--resume", "--epsilon", "0.3"))
+    assert result.code == 0 and "finished run" in result.out
     assert (finished / "pruned.pth").stat().st_mtime_ns == before
     prune_cli.run("resnet34", prune_argv(finished, "--overwrite"))
     assert (finished / "pruned.pth").stat().st_mtime_ns != before
@@ -88,11 +84,14 @@ def test_finetune_overwrite_replaces_a_run_and_an_evaluation_is_not_overwritten(
     ("resnet34_prune.py", ["--epsilon", "nan"], "--epsilon"),
     ("resnet34_prune.py", ["--finetune-lr", "inf"], "--finetune-lr"),
 ])
-def test_non_finite_float_arguments_are_refused_by_name(name, argv, flag):
-    result = script(name, *argv)
-    assert result.returncode == 2
-    assert f"argument {flag}: expected a finite number" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_non_finite_float_arguments_are_refused_by_name(name, argv, flag, capsys):
+    """In this process (the parse is the point; test_entry_arguments runs a script as a process
+    for the exit status and the one line)."""
+    main = prune_cli.main if name.endswith("_prune.py") else finetune_cli.main
+    result = run_main(capsys, main, "resnet34", argv=argv)
+    assert result.code == 2
+    assert f"argument {flag}: expected a finite number" in result.err
+    assert "Traceback" not in result.err
 
 
 def test_training_that_diverges_stops_naming_the_epoch_and_keeps_the_last_good_checkpoint(
@@ -100,8 +99,8 @@ def test_training_that_diverges_stops_naming_the_epoch_and_keeps_the_last_good_c
     out = tmp_path / "diverged"
     argv = [*FINETUNE, "--epochs", "2", "--output-dir", str(out)]
     finetune_cli.run("resnet34", argv)  # two good epochs
-    result = script("resnet34_finetune.py", *FINETUNE, "--epochs", "2", "--lr", "1e30",
-                    "--output-dir", str(tmp_path / "bad"))
+    result = run_script("resnet34_finetune.py", *FINETUNE, "--epochs", "2", "--lr", "1e30",
+                        "--output-dir", str(tmp_path / "bad"), expect=1)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "error: epoch 1: the training loss is nan; nothing of that epoch was saved" in (
         result.stderr)
@@ -205,11 +204,10 @@ def test_ctrl_c_prints_one_line_and_leaves_no_temporary_file(tmp_path):
     out = tmp_path / "run"
     # every channel of every unit: a run long enough (tens of seconds) that a test process
     # starved of CPU on a loaded machine still interrupts it before it ends
-    process = subprocess.Popen([sys.executable, str(ROOT / "mobile2_prune.py"),
-                                *tiny(out, "--width", "0.5", "--stop", "fraction",
-                                      "--keep-fraction", "1.0")],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               preexec_fn=_default_sigint)
+    process = start_script("mobile2_prune.py", *tiny(out, "--width", "0.5", "--stop",
+                                                     "fraction", "--keep-fraction", "1.0"),
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=_default_sigint)
     for line in process.stdout:
         if "kept" in line:  # the first unit is done: interrupt once it is saved
             deadline = time.time() + 60

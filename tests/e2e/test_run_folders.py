@@ -24,7 +24,9 @@ from scripts.runner import prune_cli
 from scripts.runner import distributed
 from pruning.checkpoint import read
 from scripts.runner.rundir import ASIDE, LOCK
-from tests.e2e.test_prune_cli import ROOT, TINY
+from tests.support import ROOT
+from tests.support.cli import TINY, run_main, run_script, start_script
+from tests.support.disk import fill
 
 sys.path.insert(0, str(ROOT / "scripts"))
 
@@ -71,16 +73,10 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
 
 
 def cli(main, argv, monkeypatch, capsys) -> tuple[int, str, str]:
-    """``python <script> argv`` in this process: exit status, stdout, stderr."""
-    monkeypatch.setattr(sys, "argv", ["script", *map(str, argv)])
-    capsys.readouterr()
-    try:
-        main(ARCH)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    """``python <script> argv`` in this process: exit status, stdout, stderr
+    (``tests.support.cli.run_main``, which sets and restores ``sys.argv`` itself; the tests'
+    ``monkeypatch`` patches the scripts' functions)."""
+    return run_main(capsys, main, ARCH, argv=argv)
 
 
 # -- --overwrite reads every input first -----------------------------------------------------------
@@ -201,8 +197,8 @@ def test_a_second_run_at_once_is_refused_and_a_killed_run_resumes(tmp_path, monk
     out = tmp_path / "run"
     first_args = [*PRUNE, "--stop", "fraction", "--keep-fraction", "1.0", "--seed", "3",
                   "--output-dir", str(out)]
-    first = subprocess.Popen([sys.executable, str(ROOT / "mobile2_prune.py"), *first_args],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    first = start_script("mobile2_prune.py", *first_args, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
     try:
         deadline = time.time() + 120  # until it holds the lock and has saved its first unit
         while not ((out / prune_cli.STATE_FILE).exists()
@@ -353,17 +349,6 @@ def disk(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def fill(disk: Path) -> None:
-    """Take every free byte of ``disk``."""
-    with open(disk / "filler", "wb", buffering=0) as f:
-        for size in (1 << 20, 1 << 12):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError:
-                pass
-
-
 def full_before(module, name: str, disk: Path, monkeypatch) -> None:
     """``module.save`` fills the disk just before it writes a file called ``name``."""
     real = module.save
@@ -425,7 +410,7 @@ from pathlib import Path
 
 sys.path.insert(0, sys.argv[1])
 from scripts.runner import prune_cli
-from tests.e2e.test_run_folders import fill
+from tests.support.disk import fill
 
 disk = Path(sys.argv[2])
 real = prune_cli.save
@@ -448,11 +433,9 @@ def test_a_full_disk_under_torchrun_stops_every_rank_with_one_line(disk, tmp_pat
     worker.write_text(WORKER)
     out = disk / "run"
     start = time.time()
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(worker), str(ROOT), str(disk), *PRUNE, *KEEP, "--output-dir", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=180,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+    result = run_script(worker, ROOT, disk, *PRUNE, *KEEP, "--output-dir", out, torchrun=2,
+                        expect=None, timeout=180,
+                        env={"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
     assert result.returncode != 0
     line = (f"error: no space left on device while writing {out / prune_cli.STATE_FILE}; no "
             "partial file was left; free space and --resume")

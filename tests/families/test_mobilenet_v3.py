@@ -4,8 +4,6 @@ end of a prune run. Exactness shared by every family (fast = plain, slim = maske
 is in test_conformance.py."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +17,9 @@ from models import weights as W
 from pruning.fast_evaluators import FastEvaluator
 from pruning.flops import macs_and_params
 from pruning.masks import Masks, mixing_weights
+from tests.support import ROOT
+from tests.support.cli import run_script
 
-ROOT = Path(__file__).resolve().parents[2]
 ARCH = "mobilenet_v3_small"
 HIDDEN = [16, 72, 88, 96, 240, 240, 120, 144, 288, 576, 576]
 GATED = [True, False, False] + [True] * 8
@@ -164,9 +163,8 @@ def test_a_family_whose_se_is_not_gated_fails_the_prune_run(tmp_path):
     script = tmp_path / "ungated_prune.py"
     script.write_text(UNGATED)
     out = tmp_path / "run"
-    result = subprocess.run([sys.executable, str(script), *TINY, "--output-dir", str(out)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    result = run_script(script, *TINY, "--output-dir", out, expect=1,
+                        env={"PYTHONPATH": str(ROOT)})
     assert result.returncode == 1, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
@@ -178,22 +176,15 @@ def test_a_family_whose_se_is_not_gated_fails_the_prune_run(tmp_path):
 
 def test_prune_and_finetune_from_the_command_line(tmp_path):
     out = tmp_path / "prune"
-    result = subprocess.run([sys.executable, str(ROOT / "mobile3_prune.py"), *TINY,
-                             "--output-dir", str(out)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr
+    run_script("mobile3_prune.py", *TINY, "--output-dir", out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["arch"] == ARCH and len(summary["kept"]) == 11
     assert summary["slim_exact"] and summary["slim_vs_masked_float64"] < summary["slim_tolerance"]
     assert summary["macs"] < summary["dense_macs"]
     ft = tmp_path / "ft"
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "mobile3_finetune.py"), "--dataset", "synthetic",
-         "--synthetic-images", "64", "--synthetic-val-images", "32", "--image-size", "32",
-         "--epochs", "1", "--batch-size", "16", "--workers", "0", "--no-progress", "--layout",
-         "cifar", "--device",
-         "cpu", "--pruned", str(out / "pruned.pth"), "--output-dir", str(ft)],
-        capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert result.returncode == 0, result.stderr
+    run_script("mobile3_finetune.py", "--dataset", "synthetic", "--synthetic-images", "64",
+               "--synthetic-val-images", "32", "--image-size", "32", "--epochs", "1",
+               "--batch-size", "16", "--workers", "0", "--no-progress", "--layout", "cifar",
+               "--device", "cpu", "--pruned", out / "pruned.pth", "--output-dir", ft)
     trained = json.loads((ft / "summary.json").read_text())
     assert trained["macs"] == summary["macs"]

@@ -15,7 +15,7 @@ from pruning.evaluators import PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator, PrefixCachedEvaluator
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
-from tests.unit.test_fast_evaluators import RTOL, batch, select_some
+from tests.support.nets import RTOL, batch, select_some
 
 ARCH = "proxylessnas_mobile"
 
@@ -198,7 +198,7 @@ def test_units_are_the_hidden_channels_of_the_20_non_zero_blocks():
 
 def make_model(seed: int = 0, layout: str = "imagenet") -> nn.Module:
     """A randomized 10-class network whose every unit changes the loss clearly (as
-    tests.test_fast_evaluators.make_model: BN statistics calibrated on random inputs, random BN
+    tests.support.nets.make_model: BN statistics calibrated on random inputs, random BN
     affines, a variance floor; no damping needed: every block ends in a BN)."""
     torch.manual_seed(seed)
     model = models.build(ARCH, 1.0, 10, layout)

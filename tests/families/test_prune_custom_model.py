@@ -7,6 +7,8 @@ the slim network checked against the masked one, and the pruned checkpoint reloa
 registry. No command-line script is involved.
 """
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -52,7 +54,11 @@ SMALL_VGG = models.register(models.Architecture(
     recipe={"lr": 0.01, "lr_schedule": "cosine"}))
 
 
-def trained_model() -> tuple[nn.Module, list, torch.Generator]:
+@functools.cache
+def _training() -> tuple[dict[str, torch.Tensor], list, torch.Tensor, torch.Tensor]:
+    """The trained weights, the evaluation batches, and the states of the generator and of
+    torch's global generator after training: trained once for the tests here (each gets its own
+    copy of the network, and both generators as the training left them)."""
     torch.manual_seed(0)
     train = data.SyntheticPatterns(512, 10, 16, "train", seed=0, augment=False)
     x = torch.stack([train[i][0] for i in range(len(train))])
@@ -65,9 +71,19 @@ def trained_model() -> tuple[nn.Module, list, torch.Generator]:
         optimizer.zero_grad()
         F.cross_entropy(model(x[idx]), y[idx]).backward()
         optimizer.step()
-    model.eval()
     batches = [(x[i:i + 128], y[i:i + 128]) for i in range(0, len(x), 128)]
-    return model, batches, generator
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    return state, batches, generator.get_state(), torch.get_rng_state()
+
+
+def trained_model() -> tuple[nn.Module, list, torch.Generator]:
+    state, batches, generator_state, global_state = _training()
+    model = SmallVGG()
+    model.load_state_dict(state)
+    generator = torch.Generator()
+    generator.set_state(generator_state)
+    torch.set_rng_state(global_state)
+    return model.eval(), list(batches), generator
 
 
 def test_prune_custom_model(tmp_path):

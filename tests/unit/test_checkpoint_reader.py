@@ -13,7 +13,7 @@ import models
 from pruning.checkpoint import FORMAT, Checkpoint, CheckpointError, save, save_atomic, selection_cfg
 from pruning.masks import Masks
 from scripts.runner import finetune_cli, prune_cli
-from tests.unit.test_models import randomize_bn, random_selection
+from tests.support.nets import random_selection, randomize_bn
 
 ARCH = "mobilenet_v2"
 WIDTH = 0.5

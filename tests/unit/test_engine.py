@@ -4,61 +4,13 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from pruning.evaluators import PlainEvaluator
 from pruning.masks import Masks, mixing_weights
 from pruning.metrics import SubsetMeasure
 from pruning.selection import SelectionSettings, greedy_forward_selection, select_unit
-from pruning.slim import slim_model
 from pruning.stop import LossGap, MaxFraction, Top1Tolerance
-from pruning.units import ChannelSpace, Unit
-
-
-def tiny_net(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    net = nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-        nn.Conv2d(8, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(6, 4),
-    )
-    for m in net.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.2)
-            m.running_var.uniform_(0.5, 2.0)
-            m.bias.data.normal_(0, 0.3)
-    return net.eval()
-
-
-def tiny_units() -> list[Unit]:
-    first = ChannelSpace("c1", 8, ("0", "1"), ("3",))
-    second = ChannelSpace("c2", 6, ("3", "4"), ("8",))
-    return [Unit("u1", first, "3", "input", "0", producer="0"),
-            Unit("u2", second, "8", "input", "3", producer="3")]
-
-
-class Recorder:
-    """Endless random batches that remember what they handed out."""
-
-    def __init__(self, seed: int):
-        self.generator = torch.Generator().manual_seed(seed)
-        self.seen = []
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        batch = (torch.randn(16, 3, 8, 8, generator=self.generator),
-                 torch.randint(0, 4, (16,), generator=self.generator))
-        self.seen.append(batch)
-        return batch
-
-
-def brute_force_loss(net, units, weights, batch) -> float:
-    """Loss of the subnetwork built physically (no hooks) from the given mixing weights."""
-    slim, _ = slim_model(net, units, weights)
-    return F.cross_entropy(slim(batch[0]), batch[1]).item()
+from tests.support.nets import Recorder, brute_force_loss, tiny_net, tiny_units
 
 
 @pytest.mark.parametrize("replacement", [True, False])

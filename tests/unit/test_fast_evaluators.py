@@ -8,7 +8,6 @@ units carrying non-trivial selections, and a whole greedy selection must pick th
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 import models
 from models import splitter
@@ -19,54 +18,8 @@ from pruning.metrics import SubsetMeasure, loss_and_top1
 from pruning.selection import SelectionSettings, greedy_forward_selection
 from pruning.shortlist import ShortlistEvaluator, shortlist
 from pruning.stop import MaxFraction
-
-RTOL = 1e-5
-
-
-def make_model(arch: str, seed: int = 0, layout: str = "imagenet") -> nn.Module:
-    """A randomized network in which every unit's channels clearly change the loss.
-
-    With plain random initialization the signal of early channels fades (candidate losses alike
-    to 1e-5, so rounding would decide). Calibrating every BN's statistics on random inputs keeps
-    each layer's output at unit scale; a floor on the variances keeps near-dead channels from
-    amplifying rounding errors chaotically; random BN affines make no BN the identity; ResNet's
-    residual branches are damped so that the stream does not explode.
-    """
-    torch.manual_seed(seed)
-    model = models.build(arch, 0.5 if arch == "mobilenet_v2" else 1.0, 10, layout)
-    generator = torch.Generator().manual_seed(seed)
-    for name, m in model.named_modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=generator) * 0.2)
-            m.weight.data.mul_(0.2 if name.endswith("bn2") else 1.0)
-            m.momentum = None  # cumulative average: the statistics of the calibration batch
-    model.train()
-    with torch.no_grad():
-        model(torch.randn(32, 3, 32, 32, generator=generator))
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):  # no near-dead channel amplifying rounding errors
-            m.running_var.clamp_(min=0.03)
-    head = model.classifier[1] if arch == "mobilenet_v2" else model.fc
-    head.weight.data.mul_(2.0 if arch == "mobilenet_v2" else 0.3)
-    return model.eval()
-
-
-def batch(seed: int, size: int = 8, pixels: int = 32):
-    generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(size, 3, pixels, pixels, generator=generator),
-            torch.randint(0, 10, (size,), generator=generator))
-
-
-def select_some(units, masks, seed: int = 1) -> None:
-    """About half of every unit selected, with repeats: no unit is dense or empty."""
-    generator = torch.Generator().manual_seed(seed)
-    for unit in units:
-        counts = torch.zeros(unit.size, dtype=torch.long)
-        picks = torch.randint(0, unit.size, (max(1, unit.size * 2 // 3),), generator=generator)
-        counts.index_add_(0, picks, torch.ones_like(picks))
-        masks.set_counts(unit.name, counts)
-
+from tests.support.nets import (RTOL, Batches, Recording, assert_same_selection, batch,
+                                make_model, run_selection, select_some)
 
 CASES = [("mobilenet_v2", "hidden+outputs"), ("resnet34", "inner")]
 
@@ -132,58 +85,6 @@ def test_first_selection_and_last_removal_where_the_unit_is_empty():
         torch.testing.assert_close(fast.removal_losses(unit, one, torch.tensor([3]), batch(4)),
                                    plain.removal_losses(unit, one, torch.tensor([3]), batch(4)),
                                    rtol=RTOL, atol=0)
-
-
-class Batches:
-    """The same endless sequence of batches for every run that uses the same seed."""
-
-    def __init__(self, seed: int, size: int = 8):
-        self.seed, self.size, self.drawn = seed, size, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        self.drawn += 1
-        return batch(1000 * self.seed + self.drawn, self.size)
-
-
-class Recording:
-    """Passes losses through and keeps every step's vector."""
-
-    def __init__(self, inner):
-        self.inner, self.steps = inner, []
-
-    def losses(self, unit, counts, candidates, batch):
-        self.steps.append(self.inner.losses(unit, counts, candidates, batch))
-        return self.steps[-1]
-
-
-def run_selection(model, units, selected, evaluator, settings, batch_size, fraction):
-    """Greedy selection of the units named in ``selected``; the counts and the picks.
-
-    The other units carry a partial selection (``select_some``): behind dense later units a
-    random network's loss hardly depends on an early channel (candidates alike to 1e-6), and
-    float rounding, not the evaluator, would decide between near-equal candidates.
-    """
-    masks = Masks(model, units)
-    select_some(units, masks)
-    picks = []
-    counts = greedy_forward_selection(
-        [u for u in units if u.name in selected], masks, evaluator(model, masks),
-        Batches(5, batch_size), MaxFraction(fraction), settings,
-        log_step=lambda unit, step, best, loss, e: picks.append((unit.name, best, loss)),
-    )
-    masks.remove()
-    return counts, picks
-
-
-def assert_same_selection(first, second):
-    (counts_a, picks_a), (counts_b, picks_b) = first, second
-    assert [p[:2] for p in picks_a] == [p[:2] for p in picks_b]
-    assert all(torch.equal(counts_a[name], counts_b[name]) for name in counts_a)
-    for a, b in zip(picks_a, picks_b):
-        assert a[2] == pytest.approx(b[2], rel=RTOL)
 
 
 @pytest.mark.parametrize("arch,kind,selected,settings,batch_size,fraction", [

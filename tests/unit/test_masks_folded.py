@@ -13,7 +13,7 @@ import torch.nn.functional as F
 import models
 from pruning.masks import Masks
 from pruning.slim import slim_model
-from tests.unit.test_engine import tiny_net, tiny_units
+from tests.support.nets import tiny_net, tiny_units
 
 ARCH = "mobilenet_v2"
 

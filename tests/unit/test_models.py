@@ -2,39 +2,13 @@
 
 import pytest
 import torch
-from torch import nn
 
 import models
 from pruning.checkpoint import Checkpoint, read, save, selection_cfg
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
 from pruning.slim import slim_model
-
-
-def randomize_bn(model: nn.Module) -> nn.Module:
-    """Non-trivial BN statistics so that folding mistakes cannot hide behind identity BNs."""
-    generator = torch.Generator().manual_seed(0)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=generator) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=generator) * 0.1)
-    return model.eval()
-
-
-def random_selection(units, masks, seed=1) -> dict[str, torch.Tensor]:
-    """A multiset selection of about a third of each unit, with repeats."""
-    generator = torch.Generator().manual_seed(seed)
-    counts = {}
-    for unit in units:
-        c = torch.zeros(unit.size, dtype=torch.long)
-        picks = torch.randint(0, unit.size, (max(1, unit.size // 3),), generator=generator)
-        c.index_add_(0, picks, torch.ones_like(picks))
-        masks.set_counts(unit.name, c)
-        counts[unit.name] = c
-    return counts
-
+from tests.support.nets import random_selection, randomize_bn
 
 CASES = [
     ("mobilenet_v2", 1.0, "hidden"),

@@ -7,16 +7,13 @@ test needs no training.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import matplotlib.image
 import pytest
 
 from scripts import report
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.cli import run_script
 
 
 def write(path: Path, summary: dict) -> Path:
@@ -86,10 +83,8 @@ def test_report_writes_the_table_and_the_plot_from_json(runs, tmp_path):
 
 
 def test_report_script_writes_into_out(runs, tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "report.py"), str(runs),
-                             "--out", str(tmp_path / "out"), "--name", "smoke_table9"],
-                            capture_output=True, text=True, cwd=ROOT, timeout=300)
-    assert result.returncode == 0, result.stderr
+    run_script("scripts/report.py", runs, "--out", tmp_path / "out", "--name", "smoke_table9",
+               timeout=300)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "smoke_table9.md", "smoke_table9_macs_top1.png"]
 
