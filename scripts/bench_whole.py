@@ -32,7 +32,7 @@ from pruning.shortlist import ShortlistEvaluator
 from pruning.stop import MaxFraction, StopRule
 from pruning.units import Splitter, Unit
 from scripts.runner import distributed
-from scripts.runner.runlog import RunLog
+from scripts.runner.runlog import RunLog, SelectionLog
 
 #: The prune scripts' defaults that a --whole run keeps: --seed and --synthetic-seed, and
 #: --eval-batch-size (the stop rule's subset in batches of this many images)
@@ -277,38 +277,15 @@ def setup(args: argparse.Namespace, world: distributed.World, out: Path) -> Setu
                  BatchStream(loader, args.device), measure, splits, config, stop)
 
 
-class ScriptHooks:
-    """The hooks the prune script gives ``prune`` (``prune_cli.SelectionProgress``: change
-    both together), doing the same work, so that the ``log`` and per-unit parts cost here what
-    they cost there: per step TensorBoard scalars and the unit's bar (off, as with
-    --no-progress); per unit the bar's end, the measurement on the subset with its line, and
-    the checkpoint a --resume reads (``save_state``)."""
+class ScriptHooks(SelectionLog):
+    """The hooks the prune script gives ``prune``, doing the same work, so that the ``log``
+    and per-unit parts cost here what they cost there: ``SelectionLog``'s per-step scalars and
+    bar (off, as with --no-progress) and per-unit measurement and line, both the prune script's
+    own class, and the checkpoint a --resume reads (``save_state``)."""
 
     def __init__(self, run: Setup):
-        self.run, self.step, self.bar, self.start = run, 0, None, time.time()
-
-    def on_step(self, unit: Unit, step: int, best: int, batch_loss: float,
-                eval_loss: float | None) -> None:
-        log, dense_loss = self.run.log, self.run.dense[0]
-        if self.bar is None:
-            self.bar = log.bar(unit.name)
-        self.step += 1
-        log.scalar("select/batch_loss", batch_loss, self.step)
-        self.bar.update(1)
-        if eval_loss is not None:
-            log.scalar("select/eval_loss_gap", eval_loss - dense_loss, self.step)
-            self.bar.set_postfix(gap=f"{eval_loss - dense_loss:.4f}")
-
-    def after_unit(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
-        run = self.run
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        kept = int((counts[unit.name] > 0).sum())
-        run.log.scalar("select/kept_fraction", kept / unit.size, len(counts))
-        loss, top1 = run.measure(unit)
-        run.log.say(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
-                    f"(dense {run.dense[0]:.4f}), top-1 {100 * top1:.2f}%")
+        super().__init__(run.log, run.dense, run.measure, run.stop.target)
+        self.run, self.start = run, time.time()
 
     def save_state(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
         run = self.run

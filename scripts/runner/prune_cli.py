@@ -87,7 +87,7 @@ from scripts.runner.command import run_command
 from scripts.runner.latency import measure_latency
 from scripts.runner.machine import runtime_record
 from scripts.runner.rundir import RunDir
-from scripts.runner.runlog import RunLog
+from scripts.runner.runlog import RunLog, SelectionLog
 
 STATE_FILE = "selection_state.pth"
 #: Each ``PruneConfig`` field and the flag (its dest) it is parsed from; --match-kept is a path,
@@ -423,47 +423,19 @@ def setup(args: argparse.Namespace, world: distributed.World,
 # ----------------------------------------------------------------------------------------------
 
 
-class SelectionProgress:
-    """The hooks ``prune`` calls: a bar per unit and TensorBoard scalars (``on_step``), the
-    measurement after each unit (``after_unit``), the optional short fine-tune (``finetune``),
-    and the checkpoint that makes --resume possible (``save_state``)."""
+class SelectionProgress(SelectionLog):
+    """The hooks ``prune`` calls: a bar per unit, TensorBoard scalars and the measurement after
+    each unit (``SelectionLog``), the optional short fine-tune (``finetune``), and the
+    checkpoint that makes --resume possible (``save_state``)."""
 
     def __init__(self, job: Job, completed: dict[str, torch.Tensor], seconds_before: float):
+        super().__init__(job.log, job.dense, job.measure, job.stop.target,
+                         step=sum(int(c.sum()) for c in completed.values()))
         self.job = job
-        self.step = sum(int(c.sum()) for c in completed.values())
         self.seconds_before = seconds_before
-        self.bar = None
         args = job.args
         self.steps_between = math.ceil(args.finetune_between * len(job.train_set)
                                        / args.batch_size)
-
-    def start_unit(self, unit: Unit) -> None:
-        """The unit's bar, opened when its selection starts so that its rate is right; its
-        total is the unit's target when the stop rule fixes one."""
-        self.bar = self.job.log.bar(unit.name, total=self.job.stop.target(unit))
-
-    def on_step(self, unit: Unit, step: int, best: int, batch_loss: float,
-                eval_loss: float | None) -> None:
-        if self.bar is None:
-            self.start_unit(unit)
-        self.step += 1
-        log, dense_loss = self.job.log, self.job.dense[0]
-        log.scalar("select/batch_loss", batch_loss, self.step)
-        self.bar.update(1)
-        if eval_loss is not None:
-            log.scalar("select/eval_loss_gap", eval_loss - dense_loss, self.step)
-            self.bar.set_postfix(gap=f"{eval_loss - dense_loss:.4f}")
-
-    def after_unit(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
-        job = self.job
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-        kept = int((counts[unit.name] > 0).sum())
-        job.log.scalar("select/kept_fraction", kept / unit.size, len(counts))
-        loss, top1 = job.measure(unit)
-        job.log.say(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
-                    f"(dense {job.dense[0]:.4f}), top-1 {100 * top1:.2f}%")
 
     def finetune(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
         """--finetune-between, after the unit's measurement and before its checkpoint."""

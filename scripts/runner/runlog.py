@@ -10,12 +10,15 @@ takes a step whose summary.json exists as done); a write that fails (a full disk
 
 import json
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from tqdm import tqdm
 
 from pruning.checkpoint import is_write_failure, write_atomic, write_error
+from pruning.units import Unit
 
 TB_KEPT = "the checkpoints are intact"
 
@@ -83,6 +86,47 @@ class RunLog:
                 if is_write_failure(error):
                     raise write_error(self.out / "tb", error, False, TB_KEPT) from None
                 raise
+
+
+class SelectionLog:
+    """What a selection shows while it runs: the ``on_step`` and ``after_unit`` hooks of
+    ``pruning.prune.prune``. Per step, the selection's loss as a TensorBoard scalar and the
+    unit's bar, with the gap to the dense loss on the evaluation subset when the stop rule
+    measured it; per unit, the kept fraction and one line with the unit's measurement
+    (``measure(unit) -> (loss, top-1)``). The prune script and ``bench_whole`` share it, so the
+    benchmark's logging costs what a run's does. ``target(unit)`` is the bar's total, where the
+    stop rule fixes one; ``step`` counts the steps a resumed run has already made."""
+
+    def __init__(self, log: RunLog, dense: tuple[float, float],
+                 measure: Callable[[Unit], tuple[float, float]],
+                 target: Callable[[Unit], int | None] = lambda unit: None, step: int = 0):
+        self.log, self.dense, self.measure, self.target = log, dense, measure, target
+        self.step, self.bar = step, None
+
+    def start_unit(self, unit: Unit) -> None:
+        """The unit's bar, opened when its selection starts so that its rate is right."""
+        self.bar = self.log.bar(unit.name, total=self.target(unit))
+
+    def on_step(self, unit: Unit, step: int, best: int, batch_loss: float,
+                eval_loss: float | None) -> None:
+        if self.bar is None:
+            self.start_unit(unit)
+        self.step += 1
+        self.log.scalar("select/batch_loss", batch_loss, self.step)
+        self.bar.update(1)
+        if eval_loss is not None:
+            self.log.scalar("select/eval_loss_gap", eval_loss - self.dense[0], self.step)
+            self.bar.set_postfix(gap=f"{eval_loss - self.dense[0]:.4f}")
+
+    def after_unit(self, unit: Unit, counts: dict[str, torch.Tensor]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        kept = int((counts[unit.name] > 0).sum())
+        self.log.scalar("select/kept_fraction", kept / unit.size, len(counts))
+        loss, top1 = self.measure(unit)
+        self.log.say(f"{unit.name}: kept {kept}/{unit.size}, loss {loss:.4f} "
+                     f"(dense {self.dense[0]:.4f}), top-1 {100 * top1:.2f}%")
 
 
 def _quiet_tensorboard_thread() -> None:
