@@ -23,15 +23,6 @@ import mnist_two_layer as cli  # noqa: E402
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: a second thread costs more than it gives."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def blocks(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """n MNIST-like images, class balanced: digit c is a bright 6 x 6 block in row band c % 5,
     left half for c < 5 and right half for c >= 5 (so the binarised label is learnable), on

@@ -15,16 +15,6 @@ from scripts.two_layer import distributed, experiments, theory
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors on a shared 2-core machine: a second thread makes these tests many times
-    slower, not faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def small_problem(N: int = 40, m: int = 7, d: int = 5, seed: int = 0):
     """A random two-layer network and regression data, in float64 so that the brute-force
     evaluation below and the vectorized scores agree to rounding."""

@@ -15,7 +15,7 @@ from pruning.evaluators import PlainEvaluator
 from pruning.fast_evaluators import FastEvaluator, PrefixCachedEvaluator
 from pruning.flops import macs_and_params
 from pruning.masks import Masks
-from tests.support.nets import RTOL, batch, select_some
+from tests.support.nets import RTOL, batch, randomize_state, select_some
 
 ARCH = "proxylessnas_mobile"
 
@@ -31,15 +31,6 @@ PUBLISHED = [
 ]
 #: Which blocks the config gives an IdentityLayer shortcut (every in == out, stride-1 block).
 SHORTCUTS = {2, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15, 16, 18, 19, 20}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny forwards are fastest on one thread on the shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def authors_keys() -> list[str]:
@@ -132,23 +123,10 @@ def test_the_cifar_layout_keeps_4x4_maps_in_the_last_stage():
                                                   model.state_dict().values()))
 
 
-def _randomized(model: nn.Module, seed: int) -> nn.Module:
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                tensor.fill_(7)
-            elif name.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-            else:
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
-    return model.eval()
-
-
 def test_the_authors_checkpoint_loads_key_for_key(tmp_path):
     """A ``{'state_dict': ...}`` file with the authors' key names (random weights; an old
     file without num_batches_tracked) loads through --pretrained's path, exactly."""
-    source = _randomized(models.build(ARCH), 0)
+    source = randomize_state(models.build(ARCH), 0)
     state = {k: v.clone() for k, v in source.state_dict().items()
              if not k.endswith("num_batches_tracked")}
     assert set(state) == {k for k in authors_keys() if not k.endswith("num_batches_tracked")}

@@ -92,6 +92,20 @@ def randomize_bn(model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def randomize_state(model: nn.Module, seed: int) -> nn.Module:
+    """Random parameters *and* BN statistics, so that eval outputs depend on every tensor."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in model.state_dict().items():
+            if name.endswith("num_batches_tracked"):
+                tensor.fill_(7)
+            elif name.endswith("running_var"):
+                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
+            else:
+                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
+    return model.eval()
+
+
 def random_selection(units, masks, seed=1) -> dict[str, torch.Tensor]:
     """A multiset selection of about a third of each unit, with repeats."""
     generator = torch.Generator().manual_seed(seed)

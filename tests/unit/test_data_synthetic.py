@@ -9,16 +9,6 @@ from torch import nn
 from data import DataError, SyntheticPatterns, build_dataset, make_infinite_loader
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convs are fastest on one thread; with both cores busy, two OpenMP threads made the
-    training test several times slower. Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_images_are_deterministic_per_seed_and_index():
     a = SyntheticPatterns(50, split="val", seed=3)
     b = SyntheticPatterns(50, split="val", seed=3)

@@ -14,32 +14,9 @@ import torchvision_compat  # noqa: F401
 import torchvision
 from models import mobilenet_v2
 from models import weights as W
+from tests.support.nets import randomize_state
 
 INPUT = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These tiny forwards are fastest on one thread; with two busy cores, multi-threaded
-    OpenMP waits turned 20 ms forwards into seconds. Restored after this module."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _randomize(model: nn.Module, seed: int) -> nn.Module:
-    """Random parameters *and* BN statistics, so that eval outputs depend on every tensor."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                tensor.fill_(7)
-            elif name.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape, generator=generator) + 0.5)
-            else:
-                tensor.copy_(torch.randn(tensor.shape, generator=generator) * 0.2)
-    return model.eval()
 
 
 def _outputs(model: nn.Module) -> torch.Tensor:
@@ -116,7 +93,7 @@ class DLi14MobileNetV2(nn.Module):
 
 @pytest.mark.parametrize("form", ["plain", "state_dict", "module", "model_and_args"])
 def test_local_file_forms_round_trip(tmp_path: Path, form: str) -> None:
-    source = _randomize(_mobilenet(0.5, num_classes=10), seed=1)
+    source = randomize_state(_mobilenet(0.5, num_classes=10), seed=1)
     state = source.state_dict()
     if form == "state_dict":
         payload = {"epoch": 3, "state_dict": state, "best_prec1": 12.5}
@@ -141,7 +118,7 @@ def test_local_file_forms_round_trip(tmp_path: Path, form: str) -> None:
 
 
 def test_resnet34_round_trip(tmp_path: Path) -> None:
-    source = _randomize(torchvision.models.resnet34(num_classes=10), seed=2)
+    source = randomize_state(torchvision.models.resnet34(num_classes=10), seed=2)
     path = tmp_path / "r34.pth"
     torch.save(source.state_dict(), path)
     target = torchvision.models.resnet34(num_classes=10)
@@ -151,7 +128,7 @@ def test_resnet34_round_trip(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("width", [1.0, 0.75, 0.5])
 def test_dli14_checkpoint_maps_onto_torchvision(tmp_path: Path, width: float) -> None:
-    reference = _randomize(DLi14MobileNetV2(width_mult=width), seed=3)
+    reference = randomize_state(DLi14MobileNetV2(width_mult=width), seed=3)
     state = reference.state_dict()
     assert "conv.0.weight" in state and "classifier.weight" in state  # real d-li14 key names
     assert "features.1.conv.4.running_mean" in state and "features.2.conv.7.weight" in state
@@ -171,7 +148,7 @@ def test_dli14_mapping_is_a_bijection_onto_torchvision_keys() -> None:
 
 
 def test_dli14_checkpoint_wrapped_by_dataparallel(tmp_path: Path) -> None:
-    reference = _randomize(DLi14MobileNetV2(width_mult=0.5), seed=4)
+    reference = randomize_state(DLi14MobileNetV2(width_mult=0.5), seed=4)
     path = tmp_path / "checkpoint.pth.tar"
     torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
     target = _mobilenet(0.5)
@@ -182,7 +159,7 @@ def test_dli14_checkpoint_wrapped_by_dataparallel(tmp_path: Path) -> None:
 def test_legacy_serialization_format(tmp_path: Path) -> None:
     """d-li14's checkpoints date from PyTorch 1.0, before the zip format; weights_only reads
     the old format too."""
-    reference = _randomize(DLi14MobileNetV2(width_mult=0.5), seed=8)
+    reference = randomize_state(DLi14MobileNetV2(width_mult=0.5), seed=8)
     path = tmp_path / "legacy.pth"
     torch.save(reference.state_dict(), path, _use_new_zipfile_serialization=False)
     target = _mobilenet(0.5)
@@ -202,7 +179,7 @@ def test_file_with_arbitrary_objects_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_num_batches_tracked_is_tolerated(tmp_path: Path) -> None:
-    source = _randomize(_mobilenet(0.5), seed=5)
+    source = randomize_state(_mobilenet(0.5), seed=5)
     state = {k: v for k, v in source.state_dict().items() if "num_batches_tracked" not in k}
     torch.save(state, tmp_path / "old.pth")
     target = _mobilenet(0.5)
@@ -244,7 +221,7 @@ def test_wrong_width_is_refused(tmp_path: Path, dli14: bool) -> None:
 
 
 def test_head_mismatch_refused_unless_allowed(tmp_path: Path) -> None:
-    source = _randomize(_mobilenet(0.5), seed=6)  # 1000 classes
+    source = randomize_state(_mobilenet(0.5), seed=6)  # 1000 classes
     torch.save(source.state_dict(), tmp_path / "imagenet.pth")
     target = _mobilenet(0.5, num_classes=10)
     with pytest.raises(ValueError, match="allow_head_mismatch=True"):
@@ -340,7 +317,7 @@ def test_enum_weights_load_from_hub_cache(monkeypatch: pytest.MonkeyPatch, tmp_p
     """A file already in torch.hub's cache is used without any download."""
     from torchvision.models import MobileNet_V2_Weights
 
-    source = _randomize(_mobilenet(), seed=7)
+    source = randomize_state(_mobilenet(), seed=7)
     weights = MobileNet_V2_Weights.IMAGENET1K_V1
     cache = tmp_path / "hub" / "checkpoints"
     cache.mkdir(parents=True)
