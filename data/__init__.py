@@ -8,7 +8,8 @@ Public API (one concept per module):
 - :func:`class_balanced_subset` / :func:`get_targets` (``subsets``): reproducible balanced subsets.
 - :class:`InfiniteBatchSampler` (``samplers``): the endless, resumable, rank-sliced batch stream
   greedy selection draws from.
-- :func:`make_loader` / :func:`make_infinite_loader` (``loaders``): DataLoaders wired to the above.
+- :func:`make_loader` / :func:`make_infinite_loader` (``loaders``): DataLoaders wired to the above;
+  :func:`evaluation_batches`: the stop rule's fixed class-balanced subset, as device batches.
 - :func:`verify_images` (``folders``): an optional pre-scan of an image folder for corrupt files.
 - :func:`load_mnist` (``mnist``): MNIST's IDX files from a local folder, parsed and checked
   without unpickling (Wolfe et al.'s two-layer experiment).
@@ -21,7 +22,7 @@ anything a tampered file asks for.
 from .build import DATASETS, SPLITS, build_dataset, default_image_size
 from .errors import DataError
 from .folders import verify_images
-from .loaders import make_infinite_loader, make_loader, set_epoch
+from .loaders import evaluation_batches, make_infinite_loader, make_loader, set_epoch
 from .mnist import load_mnist
 from .samplers import InfiniteBatchSampler
 from .subsets import class_balanced_subset, get_targets
@@ -49,6 +50,7 @@ __all__ = [
     "class_balanced_subset",
     "cifar10_transform",
     "default_image_size",
+    "evaluation_batches",
     "get_targets",
     "imagenet_transform",
     "load_mnist",

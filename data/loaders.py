@@ -6,11 +6,12 @@ and augmentation randomness follow a seed, and the greedy-selection stream can b
 """
 
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from .errors import DataError
 from .samplers import InfiniteBatchSampler
 from .seeding import mix_seed
+from .subsets import class_balanced_subset, get_targets
 
 _WORKER_STREAM = 0x3043
 
@@ -91,6 +92,18 @@ def make_infinite_loader(
         pin_memory=pin_memory,
         generator=_worker_generator(seed, rank),
     )
+
+
+def evaluation_batches(dataset: Dataset, images: int, batch_size: int, *, seed: int,
+                       device: torch.device, workers: int = 0
+                       ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The stop rule's fixed evaluation subset: ``images`` (at most the whole dataset) drawn
+    class-balanced from ``dataset`` by ``seed``, as a list of ``(x, y)`` batches on ``device``.
+    Held in memory, so that every measurement of a selection sees the same images in the same
+    order at no loading cost."""
+    indices = class_balanced_subset(get_targets(dataset), min(images, len(dataset)), seed=seed)
+    loader = DataLoader(Subset(dataset, indices), batch_size=batch_size, num_workers=workers)
+    return [(x.to(device), y.to(device)) for x, y in loader]
 
 
 def _check_loader_args(batch_size: int, workers: int) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 import data
 import models
@@ -256,10 +256,8 @@ def setup(args: argparse.Namespace, world: distributed.World, out: Path) -> Setu
     train_set, num_classes = data.build_dataset(
         "synthetic", None, "train", image_size=args.image_size, augment=False,
         num_images=args.synthetic_images, seed=SEED)
-    subset = data.class_balanced_subset(data.get_targets(train_set),
-                                        min(args.eval_images, len(train_set)), seed=SEED)
-    eval_batches = [(x.to(args.device), y.to(args.device)) for x, y in DataLoader(
-        Subset(train_set, subset), batch_size=EVAL_BATCH_SIZE, num_workers=args.workers)]
+    eval_batches = data.evaluation_batches(train_set, args.eval_images, EVAL_BATCH_SIZE,
+                                           seed=SEED, device=args.device, workers=args.workers)
     model = models.build(WHOLE, args.width, num_classes, models.default_layout(WHOLE, "synthetic"))
     model.to(args.device).eval()
     units = models.prunable_units(WHOLE, model)

@@ -44,7 +44,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 import data
 import models
@@ -69,7 +69,7 @@ from pruning.prune import (
 )
 from pruning.selection import BatchStream, unit_seed
 from pruning.stop import StopRule, require_finite, require_finite_parameters
-from pruning.units import Unit
+from pruning.units import Splitter, Unit
 from scripts.runner import distributed
 from scripts.runner.arguments import (
     ArgumentParser,
@@ -302,6 +302,7 @@ class Job:
     start: float
     folder: RunDir | None = None  # rank 0 claims it, commits after a checkpoint (rundir)
     config: PruneConfig | None = None  # what decides the selection (``prune_config``)
+    splits: Splitter | None = None  # the network's cut, for --evaluator fast
 
 
 def parse(arch: str, argv: list[str] | None) -> argparse.Namespace:
@@ -349,11 +350,9 @@ def load_data(args: argparse.Namespace) -> tuple[Dataset, int, int, list]:
                  if args.dataset == "synthetic" else {})
     train_set, num_classes = data.build_dataset(
         args.dataset, args.data_path, "train", image_size=image_size, augment=False, **synthetic)
-    eval_indices = data.class_balanced_subset(
-        data.get_targets(train_set), min(args.eval_images, len(train_set)), seed=args.seed)
-    loader = DataLoader(Subset(train_set, eval_indices), batch_size=args.eval_batch_size,
-                        num_workers=args.workers)
-    eval_batches = [(x.to(args.device), y.to(args.device)) for x, y in loader]
+    eval_batches = data.evaluation_batches(train_set, args.eval_images, args.eval_batch_size,
+                                           seed=args.seed, device=args.device,
+                                           workers=args.workers)
     return train_set, num_classes, image_size, eval_batches
 
 
@@ -415,7 +414,7 @@ def setup(args: argparse.Namespace, world: distributed.World,
     distributed.on_main(folder.begin)
     return Job(args, world, log, train_set, num_classes, image_size, eval_batches, model, units,
                Masks(model, units), dense, saved, BatchStream(loader, args.device, drawn),
-               measure, stop, start, folder, config)
+               measure, stop, start, folder, config, splits)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,9 +477,8 @@ def prune_job(job: Job, progress: SelectionProgress) -> PruneResult:
     fixed = args.method in FIXED_SIZE_METHODS
     hooks = {} if fixed else dict(on_step=progress.on_step, after_unit=progress.after_unit,
                                   finetune=progress.finetune, checkpoint=progress.save_state)
-    splits = models.splitter(args.arch, job.model) if args.evaluator == "fast" else None
     completed = job.saved.state["completed"] if job.saved is not None and not fixed else None
-    return prune(job.model, job.units, job.config, job.batches, job.eval_batches, splits,
+    return prune(job.model, job.units, job.config, job.batches, job.eval_batches, job.splits,
                  masks=job.masks, dense=job.dense, stop=job.stop,
                  distributed=job.world.distributed, completed=completed,
                  on_selected=None if fixed else lambda counts: job.log.close(), **hooks)
