@@ -41,6 +41,7 @@ from tests.support.conformance import (
     logits_from_parts, make_model, max_abs, out_channels, probe_units, producer, random_counts,
     randomised_model, require_split, select_all, smallest_width, ungated,
 )
+from tests.support.nets import Recording
 
 #: Fast vs plain losses, relative (the issue's requirement: equal to 1e-5 on CPU in float32).
 #: The two compute the same mean cross-entropy through different float32 operation orders (a
@@ -239,17 +240,6 @@ def test_fast_losses_equal_the_plain_losses(arch, layout, kind):
 # ----------------------------------------------------------------------------------------------
 # 4. greedy selection picks the same channels with either evaluator
 # ----------------------------------------------------------------------------------------------
-
-
-class Recording:
-    """Passes an evaluator's losses through and keeps every step's vector."""
-
-    def __init__(self, inner):
-        self.inner, self.steps = inner, []
-
-    def losses(self, unit, counts, candidates, step_batch):
-        self.steps.append(self.inner.losses(unit, counts, candidates, step_batch))
-        return self.steps[-1]
 
 
 STEPS = 3

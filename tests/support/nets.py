@@ -106,6 +106,19 @@ def randomize_state(model: nn.Module, seed: int) -> nn.Module:
     return model.eval()
 
 
+def slim_checked(model: nn.Module, masks: Masks, x: torch.Tensor):
+    """``masks.slim(model)`` after asserting that the slim network computes the masked one on
+    ``x`` to float32 rounding: the slim network, its kept channels, the mixing weights and its
+    output on ``x`` (for the checks of a rebuilt copy)."""
+    with torch.no_grad():
+        masked = model(x)
+    slim, kept, weights = masks.slim(model)
+    with torch.no_grad():
+        out = slim(x)
+    assert (out - masked).abs().max() <= 1e-4 * masked.abs().max()
+    return slim, kept, weights, out
+
+
 def random_selection(units, masks, seed=1) -> dict[str, torch.Tensor]:
     """A multiset selection of about a third of each unit, with repeats."""
     generator = torch.Generator().manual_seed(seed)
